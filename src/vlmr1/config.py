@@ -1,0 +1,288 @@
+"""Configuration: nested dataclasses hold every default; YAML and ``a.b=value`` override them.
+
+Every field is honoured by the code or rejected here by ``validate`` before a model loads;
+nothing a user sets is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EMBEDDED = "embedded"  # the shipped tiny base checkpoint / the generated synthetic REC task
+
+
+@dataclass
+class ModelConfig:
+    path: str = EMBEDDED
+    """HF checkpoint directory, or "embedded" for the tiny Qwen2.5-VL base that ships with vlmr1."""
+    dtype: str = "float32"
+    """Parameter dtype: float32 | bfloat16 | float16."""
+    min_pixels: int | None = None
+    """Qwen image processor: smallest image area after resize (None keeps the checkpoint's)."""
+    max_pixels: int | None = None
+    """Qwen image processor: largest image area after resize (None keeps the checkpoint's)."""
+    freeze_vision: bool = False
+    """Keep the vision tower's parameters fixed."""
+
+
+@dataclass
+class DataConfig:
+    train_files: str = EMBEDDED
+    """Colon-separated VLM-R1 JSONL files, or "embedded" to generate the synthetic REC task."""
+    image_folders: str | None = None
+    """Colon-separated image folders paired with train_files by position (None: relative to each file)."""
+    eval_files: str | None = None
+    """Colon-separated held-out JSONL files, evaluated before and after training (each its own split)."""
+    eval_image_folders: str | None = None
+    """Image folders for eval_files, paired by position."""
+    task: str = "rec"
+    """Question template applied to each prompt (see vlmr1.data.jsonl.question_template)."""
+    on_error: str = "raise"
+    """Bad data rows: "raise" stops with file:line:field; "skip" skips each with a counted warning."""
+    num_train: int = 4000
+    """Embedded data only: number of generated training samples."""
+    num_eval: int = 1000
+    """Embedded data only: samples per held-out split (in-domain and out-of-domain)."""
+    min_objects: int = 2
+    """Embedded data only: fewest shapes per generated training image."""
+    max_objects: int = 4
+    """Embedded data only: most shapes per generated training image."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: completions sampled per prompt."""
+    max_completion_length: int = 24
+    """Most new tokens per completion."""
+    temperature: float = 1.0
+    """Sampling temperature (also applied to the log-probs, so ratios refer to the sampling policy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    repetition_penalty: float = 1.0
+    """HF repetition penalty (1.0 = off)."""
+
+
+@dataclass
+class AlgoConfig:
+    beta: float = 0.04
+    """KL coefficient; 0 loads no reference model."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3 (Schulman's estimators of KL(policy || reference))."""
+    eps_low: float = 0.2
+    """PPO clip below 1."""
+    eps_high: float = 0.2
+    """PPO clip above 1 (DAPO's clip-higher uses e.g. 0.28)."""
+    loss_aggregation: str = "grpo"
+    """grpo (per-sequence mean) | bnpo (local token mean) | dr_grpo (constant divisor) | dapo (global token mean)."""
+    advantage_scale: str = "group"
+    """Divide advantages by the std of the group | batch | none (Dr. GRPO)."""
+    num_iterations: int = 1
+    """mu: optimizer passes over each rollout batch (>1 stores old log-probs)."""
+    importance_level: str = "token"
+    """token (GRPO) | sequence (GSPO)."""
+    filter_zero_std: bool = False
+    """Drop groups whose rewards are all equal from the update (they carry no advantage)."""
+
+
+@dataclass
+class RewardConfig:
+    funcs: list[str] = field(default_factory=lambda: ["acc50_tight", "iou", "answer_format"])
+    """Registered reward names or path/to/file.py:function."""
+    weights: list[float] | None = field(default_factory=lambda: [1.0, 0.5, 0.1])
+    """One weight per reward (None: all 1)."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str | None = None
+    """Run folder (None: a fresh runs/<time> folder)."""
+    seed: int = 0
+    """Seeds data order, sampling and initialisation."""
+    steps: int = 150
+    """Optimizer steps (GRPO: rollouts x num_iterations; SFT: batches)."""
+    prompts_per_step: int = 8
+    """Prompts per rollout per process (GRPO); samples per batch per process (SFT)."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward (gradient accumulation over the rest)."""
+    lr: float = 1e-5
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_schedule: str = "constant"
+    """constant | cosine | linear (decay to 0 at the last step, after warm-up)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    log_every: int = 1
+    """Steps between metric lines."""
+    save_every: int = 0
+    """Steps between checkpoints (0: only the final one)."""
+    eval_before: bool = True
+    """Evaluate the held-out splits before training."""
+    eval_after: bool = True
+    """Evaluate the held-out splits after training."""
+    eval_batch_size: int = 64
+    """Prompts per batch in evaluation."""
+    resume: str | None = None
+    """Checkpoint folder to resume from, or "auto" for the newest in output_dir."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "model.dtype": {"float32", "bfloat16", "float16"},
+    "data.on_error": {"raise", "skip"},
+    "algo.kl_estimator": {"k1", "k2", "k3"},
+    "algo.loss_aggregation": {"grpo", "bnpo", "dr_grpo", "dapo"},
+    "algo.advantage_scale": {"group", "batch", "none"},
+    "algo.importance_level": {"token", "sequence"},
+    "train.lr_schedule": {"constant", "cosine", "linear"},
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint, converting YAML ints to floats where needed."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, key) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint in (int, float, str) and not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _apply(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{key}: overrides are section.field (e.g. algo.beta=0.0)")
+    section_name, name = parts
+    section = getattr(cfg, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        raise ConfigError(f"{key}: unknown section {section_name!r} (known: {[f.name for f in dataclasses.fields(cfg)]})")
+    hints = typing.get_type_hints(type(section))
+    if name not in hints:
+        raise ConfigError(f"{key}: unknown field (known in {section_name}: {sorted(hints)})")
+    setattr(section, name, _coerce(value, hints[name], key))
+
+
+def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file's values, then ``key=value`` overrides (values parsed as YAML)."""
+    cfg = Config()
+    if yaml_path is not None:
+        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{yaml_path}: expected a mapping of sections")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{yaml_path}: section {section!r} must be a mapping")
+            for name, value in values.items():
+                _apply(cfg, f"{section}.{name}", value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _apply(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible or unsupported combinations before anything loads."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {sorted(allowed)}")
+    r, a, t = cfg.rollout, cfg.algo, cfg.train
+    checks = [
+        (r.group_size >= 2, "rollout.group_size must be >= 2: group advantages need at least two samples"),
+        (r.max_completion_length >= 1, "rollout.max_completion_length must be >= 1"),
+        (r.temperature > 0, "rollout.temperature must be > 0 (GRPO samples; use `vlmr1 eval` for greedy decoding)"),
+        (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (r.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)"),
+        (r.repetition_penalty > 0, "rollout.repetition_penalty must be > 0"),
+        (a.beta >= 0, "algo.beta must be >= 0"),
+        (a.eps_low >= 0 and a.eps_high >= 0, "algo.eps_low and algo.eps_high must be >= 0"),
+        (a.eps_low < 1, "algo.eps_low must be < 1 (the clip range is [1 - eps_low, 1 + eps_high])"),
+        (a.num_iterations >= 1, "algo.num_iterations must be >= 1"),
+        (t.steps >= 1, "train.steps must be >= 1"),
+        (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
+        (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+        (t.max_grad_norm >= 0, "train.max_grad_norm must be >= 0"),
+        (t.save_every >= 0, "train.save_every must be >= 0"),
+        (t.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.data.num_eval >= 0 and cfg.data.num_train >= 1, "data.num_train must be >= 1 and data.num_eval >= 0"),
+        (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    rollout_size = t.prompts_per_step * r.group_size
+    if rollout_size % t.micro_batch_size and t.micro_batch_size < rollout_size:
+        raise ConfigError(
+            f"train.micro_batch_size={t.micro_batch_size} must divide the rollout batch "
+            f"prompts_per_step * group_size = {rollout_size}"
+        )
+    weights = cfg.reward.weights
+    if not cfg.reward.funcs:
+        raise ConfigError("reward.funcs is empty: GRPO needs at least one reward")
+    if weights is not None and len(weights) != len(cfg.reward.funcs):
+        raise ConfigError(f"reward.weights has {len(weights)} entries for {len(cfg.reward.funcs)} reward.funcs")
+    if (cfg.data.eval_image_folders is not None) and cfg.data.eval_files is None:
+        raise ConfigError("data.eval_image_folders is set but data.eval_files is not")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

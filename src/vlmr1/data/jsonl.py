@@ -1,0 +1,188 @@
+"""Load VLM-R1 JSONL data into `Sample`s, with row errors that name file, line and field.
+
+Row format (VLM-R1)::
+
+    {"id": "...", "image": "a.png" | ["a.png", "b.png"],
+     "conversations": [{"from": "human", "value": "<image>Question"}, {"from": "gpt", "value": "answer"}],
+     "accu_reward_method": "rec", ...any other keys...}
+
+- `image` is optional (text-only row) and relative to the paired image folder.
+- `<image>` placeholders: if the human turn has any, their count must equal the
+  number of images. If it has none, the images are put before the text (VLM-R1
+  builds every prompt as images first, then the question). Either way the
+  placeholders are removed from `problem`; the model adapter places the images.
+- Exactly one human turn and one gpt turn (VLM-R1 reads single-turn rows only);
+  further turns are rejected rather than silently dropped.
+- All keys other than id, image, conversations and accu_reward_method go to
+  `Sample.extra` and reach reward functions as columns.
+
+File pairing follows VLM-R1's ``--data_file_paths a.jsonl:b.jsonl --image_folders
+imgs_a:imgs_b``: colon-separated strings (or lists) paired by position, with equal
+counts required. With ``image_folders=None`` image paths are relative to the
+directory of their JSONL file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+logger = logging.getLogger(__name__)
+
+_KNOWN_KEYS = ("id", "image", "conversations", "accu_reward_method")
+
+
+class DataError(ValueError):
+    """A data file or row is invalid; the message starts with ``file:line:`` where known."""
+
+
+@dataclass
+class Sample:
+    id: str
+    images: list[str]  # absolute paths, in prompt order
+    problem: str  # human turn with "<image>" placeholders removed, stripped
+    solution: str  # gpt turn
+    reward_method: str | None  # accu_reward_method, None when the row has none
+    extra: dict[str, Any] = field(default_factory=dict)  # other row keys, passed to rewards as columns
+    source: str = ""  # "file:line"
+
+
+class LoadResult(NamedTuple):
+    samples: list[Sample]
+    skipped: list[str]  # one error message per skipped row (empty unless on_error="skip")
+
+
+def _split(value: str | list[str]) -> list[str]:
+    parts = value.split(":") if isinstance(value, str) else list(value)
+    if not parts or any(not p for p in parts):
+        raise DataError(f"empty path in {value!r}")
+    return parts
+
+
+def _turn(turns: list[dict], role: str, where: str) -> str:
+    values = [t["value"] for t in turns if t["from"] == role]
+    if len(values) != 1:
+        raise DataError(f"{where}: field 'conversations': expected exactly one '{role}' turn, found {len(values)}")
+    return values[0]
+
+
+def parse_row(line: str, where: str, image_folder: str, check_images: bool = True) -> Sample:
+    """Parse one JSONL line into a Sample; raise DataError naming `where` ("file:line") and the field."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str) for t in turns
+    ):
+        raise DataError(f"{where}: field 'conversations': expected a list of {{from, value}} turns")
+    human, solution = _turn(turns, "human", where), _turn(turns, "gpt", where)
+
+    image = row.get("image", [])
+    rel = [image] if isinstance(image, str) else image
+    if not isinstance(rel, list) or not all(isinstance(p, str) and p for p in rel):
+        raise DataError(f"{where}: field 'image': expected a path or a list of paths, got {image!r}")
+    images = [os.path.abspath(os.path.join(image_folder, p)) for p in rel]
+    n_placeholders = human.count("<image>")
+    if n_placeholders and n_placeholders != len(images):
+        raise DataError(
+            f"{where}: field 'conversations': human turn has {n_placeholders} <image> placeholders "
+            f"but the row has {len(images)} images"
+        )
+    if check_images:
+        for p in images:
+            if not os.path.isfile(p):
+                raise DataError(f"{where}: field 'image': file not found: {p}")
+
+    method = row.get("accu_reward_method")
+    if method is not None and not isinstance(method, str):
+        raise DataError(f"{where}: field 'accu_reward_method': expected a string, got {method!r}")
+    sid = row.get("id", where)
+    if not isinstance(sid, (str, int)):
+        raise DataError(f"{where}: field 'id': expected a string or integer, got {sid!r}")
+    extra = {k: v for k, v in row.items() if k not in _KNOWN_KEYS}
+    problem = human.replace("<image>", "").strip()
+    return Sample(str(sid), images, problem, solution, method, extra, where)
+
+
+def load_samples(
+    data_files: str | list[str],
+    image_folders: str | list[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    check_images: bool = True,
+) -> LoadResult:
+    """Load and validate VLM-R1 JSONL files; returns ``LoadResult(samples, skipped)``.
+
+    `data_files` / `image_folders`: colon-separated strings or lists, paired by
+    position (equal counts); ``image_folders=None`` resolves images against each
+    JSONL file's directory. Blank lines are ignored.
+
+    ``on_error="raise"`` raises the first row's DataError; ``"skip"`` drops bad rows,
+    logs each with ``logging.warning`` and lists the messages in ``skipped``.
+    File-level problems (missing file, empty file, mismatched folder count, no valid
+    row at all) raise in both modes.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    files = _split(data_files)
+    if image_folders is None:
+        folders = [os.path.dirname(os.path.abspath(f)) for f in files]
+    else:
+        folders = _split(image_folders)
+        if len(folders) != len(files):
+            raise DataError(
+                f"{len(files)} data files but {len(folders)} image folders; they pair by position, "
+                "so give one folder per file (or none to resolve images next to each file)"
+            )
+    samples: list[Sample] = []
+    skipped: list[str] = []
+    for path, folder in zip(files, folders):
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: data file not found")
+        n_rows = 0
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                n_rows += 1
+                try:
+                    samples.append(parse_row(line, f"{path}:{lineno}", folder, check_images))
+                except DataError as e:
+                    if on_error == "raise":
+                        raise
+                    logger.warning("skipping row: %s", e)
+                    skipped.append(str(e))
+        if n_rows == 0:
+            raise DataError(f"{path}: file has no rows")
+    if not samples:
+        raise DataError(f"no valid rows in {files} ({len(skipped)} skipped)")
+    return LoadResult(samples, skipped)
+
+
+_THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> </answer> tags."
+QUESTION_TEMPLATES: dict[str, str] = {
+    # The tiny embedded model answers REC with a bare box, so its prompt is the question alone.
+    "rec": "{Question}",
+    "rec_think": "{Question} " + _THINK,
+    # VLM-R1's fallback template (grpo_jsonl.py, task types other than rec / ic / odLength).
+    "default": "{Question} " + _THINK,
+}
+
+
+def question_template(task: str) -> str:
+    """The prompt template for `task`; ``{Question}`` marks where the problem goes."""
+    if task not in QUESTION_TEMPLATES:
+        raise KeyError(f"unknown question template {task!r}; known: {sorted(QUESTION_TEMPLATES)}")
+    return QUESTION_TEMPLATES[task]
+
+
+def format_question(task: str, problem: str) -> str:
+    """Apply `task`'s template to `problem` (by replacement, so braces in the problem are safe)."""
+    return question_template(task).replace("{Question}", problem)

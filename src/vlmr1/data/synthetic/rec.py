@@ -1,0 +1,191 @@
+"""Synthetic referring-expression comprehension (REC): "the red circle" -> its box.
+
+An image holds coloured shapes (circle, square, triangle) that never overlap.
+Every (colour, shape) pair occurs at most once per image, so the query
+"the {colour} {shape}" names exactly one object. The answer is that object's
+box ``[x1, y1, x2, y2]`` in absolute integer pixels with ``x2 = x1 + size``
+(exclusive right/bottom edge): the drawn pixels span columns x1 .. x2 - 1.
+
+Splits:
+- ``in``: plain light background, ``min_objects..max_objects`` objects, and the
+  HELD_OUT pairs appear nowhere (neither as target nor as distractor), so a
+  model trained on ``in`` has never seen them.
+- ``ood``: the target is always a HELD_OUT pair (distractors may be any pair),
+  scenes hold two more objects (``min_objects+2 .. max_objects+2``) and the
+  background is textured grey noise. Greyscale noise (R == G == B) can never
+  equal a palette colour, so colour masks stay exact.
+
+Shapes are drawn without anti-aliasing, so every pixel of an object has
+exactly its palette colour. A distractor that finds no free spot after
+``attempts`` tries is dropped; ``n_objects`` in each row is the count drawn.
+
+Determinism: sample ``i`` draws only from ``np.random.default_rng([seed,
+split_code, i])``; the same arguments give the same JSONL and PNG bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
+# Colour-shape pairs never seen in the `in` split; the `ood` split always targets one.
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("green", "circle"),
+    ("blue", "square"),
+    ("yellow", "triangle"),
+    ("purple", "circle"),
+)
+TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT)
+PLAIN_BACKGROUND = (245, 245, 240)
+PROMPT = "<image>Please provide the bounding box coordinate of the region this sentence describes: {query}."
+_SPLIT_CODE = {"in": 0, "ood": 1}
+
+
+class Shape(NamedTuple):
+    colour: str
+    shape: str
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 with x2 = x1 + size (exclusive)
+
+
+def _too_close(a: tuple[int, ...], b: tuple[int, ...], margin: int) -> bool:
+    """True if boxes a and b overlap once each is grown by `margin` pixels."""
+    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+
+
+def scene(
+    rng: np.random.Generator,
+    n_objects: int,
+    target_pairs: tuple[tuple[str, str], ...],
+    distractor_pairs: tuple[tuple[str, str], ...],
+    image_size: int = 112,
+    min_size: int = 16,
+    max_size: int = 40,
+    margin: int = 2,
+    attempts: int = 200,
+) -> list[Shape]:
+    """Place `n_objects` non-overlapping shapes; element 0 is the target.
+
+    The target pair comes from `target_pairs`, distractors from `distractor_pairs`
+    minus pairs already used (pairs are unique in a scene). The target always fits
+    (it is placed first, in an empty image); a distractor that finds no free spot
+    within `attempts` rejection-sampling tries is dropped.
+    """
+    objects: list[Shape] = []
+    used: set[tuple[str, str]] = set()
+    for k in range(n_objects):
+        pool = [p for p in (target_pairs if k == 0 else distractor_pairs) if p not in used]
+        if not pool:
+            break
+        colour, shape = pool[int(rng.integers(len(pool)))]
+        for _ in range(attempts):
+            size = int(rng.integers(min_size, max_size + 1))
+            x1 = int(rng.integers(0, image_size - size + 1))
+            y1 = int(rng.integers(0, image_size - size + 1))
+            box = (x1, y1, x1 + size, y1 + size)
+            if not any(_too_close(box, o.box, margin) for o in objects):
+                objects.append(Shape(colour, shape, box))
+                used.add((colour, shape))
+                break
+    return objects
+
+
+def background(rng: np.random.Generator, image_size: int, kind: Literal["plain", "noise"]) -> np.ndarray:
+    """[H, W, 3] uint8 background: a plain light colour, or grey texture plus pixel noise."""
+    if kind == "plain":
+        return np.broadcast_to(np.array(PLAIN_BACKGROUND, np.uint8), (image_size, image_size, 3)).copy()
+    cells = -(-image_size // 8)  # 8x8-pixel blocks of varying grey give texture, pixel noise on top
+    coarse = np.kron(rng.integers(90, 170, (cells, cells)), np.ones((8, 8), np.int64))[:image_size, :image_size]
+    grey = np.clip(coarse + rng.integers(-25, 26, (image_size, image_size)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)  # R == G == B: never a palette colour
+
+
+def render(objects: list[Shape], bg: np.ndarray) -> Image.Image:
+    """Draw `objects` onto background `bg` ([H, W, 3] uint8) without anti-aliasing."""
+    img = Image.fromarray(bg, "RGB")
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        x1, y1, x2, y2 = o.box
+        fill = COLOURS[o.colour]
+        if o.shape == "circle":
+            draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=fill)  # Pillow boxes are inclusive
+        elif o.shape == "square":
+            draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)
+        elif o.shape == "triangle":  # apex at top centre, base along the bottom edge
+            draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=fill)
+        else:
+            raise ValueError(f"unknown shape {o.shape!r}")
+    return img
+
+
+def generate_rec(
+    out_dir: Path,
+    n: int,
+    split: Literal["in", "ood"],
+    seed: int,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    image_size: int = 112,
+    name: str | None = None,
+    min_size: int = 16,
+    max_size: int = 40,
+) -> Path:
+    """Write `n` REC samples to `out_dir/images/*.png` and `out_dir/{name or split}.jsonl`.
+
+    Rows follow VLM-R1's REC format; image paths are relative to `out_dir` (pass it
+    as the image folder). Ids are ``rec-{name or split}-{i:06d}`` (1-based), so
+    several named sets can share one `out_dir`. Returns the JSONL path.
+    """
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"split must be 'in' or 'ood', got {split!r}")
+    if n < 1 or not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need n >= 1 and 1 <= min_objects <= max_objects, got {n=}, {min_objects=}, {max_objects=}")
+    if not 1 <= min_size <= max_size <= image_size:
+        raise ValueError(f"need 1 <= min_size <= max_size <= image_size, got {min_size=}, {max_size=}, {image_size=}")
+    tag = name or split
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    if split == "in":
+        targets, distractors, lo, hi, bg_kind = TRAIN_PAIRS, TRAIN_PAIRS, min_objects, max_objects, "plain"
+    else:
+        targets, distractors, lo, hi, bg_kind = HELD_OUT, ALL_PAIRS, min_objects + 2, max_objects + 2, "noise"
+    rows = []
+    for i in range(1, n + 1):
+        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        n_obj = int(rng.integers(lo, hi + 1))
+        objects = scene(rng, n_obj, targets, distractors, image_size, min_size, max_size)
+        img = render(objects, background(rng, image_size, bg_kind))
+        sid = f"rec-{tag}-{i:06d}"
+        img.save(out_dir / "images" / f"{sid}.png", format="PNG")
+        target = objects[0]
+        query = f"the {target.colour} {target.shape}"
+        rows.append({
+            "id": sid,
+            "image": f"images/{sid}.png",
+            "conversations": [
+                {"from": "human", "value": PROMPT.format(query=query)},
+                {"from": "gpt", "value": json.dumps(list(target.box))},
+            ],
+            "accu_reward_method": "rec",
+            "image_size": [image_size, image_size],
+            "task": "rec",
+            "n_objects": len(objects),
+        })
+    path = out_dir / f"{tag}.jsonl"
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path

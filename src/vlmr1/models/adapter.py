@@ -1,0 +1,74 @@
+"""The adapter protocol: everything that differs between model families, and nothing else.
+
+The trainer, data and rewards talk to a model only through an adapter; they never test a
+model's name. The adapter is chosen from the checkpoint's ``config.json`` ``model_type``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class PromptBatch:
+    """Encoded prompts, left-padded so that completions can be appended on the right."""
+
+    input_ids: torch.Tensor  # [N, Lp]
+    attention_mask: torch.Tensor  # [N, Lp]
+    mm_inputs: dict[str, torch.Tensor]  # model-specific: pixel tensors, grid sizes, token types
+    input_sizes: list[list[tuple[int, int]]] = field(default_factory=list)  # per prompt, per image: (w, h) seen by the model
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class VLMAdapter(Protocol):
+    model: torch.nn.Module
+    processor: object
+
+    @property
+    def eos_token_ids(self) -> list[int]: ...
+
+    @property
+    def pad_token_id(self) -> int: ...
+
+    def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
+        """Chat-format each problem with its images in place and encode a left-padded batch."""
+
+    def repeat_prompts(self, prompts: PromptBatch, times: int) -> PromptBatch:
+        """Each prompt ``times`` times consecutively, with its images (for G completions)."""
+
+    def sequence_inputs(self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
+        """Model forward kwargs for prompt + completion ([N, Lp + Lc]); completion_ids right-padded."""
+
+    def encode_completions(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [N, Lc] of target answers, each ending with EOS, right-padded (for SFT)."""
+
+    def vision_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the vision tower and projector (for freezing)."""
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write model and processor in HF format (safetensors)."""
+
+
+def model_type(path: str | Path) -> str:
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"{config}: not found; model.path must be a local HF checkpoint folder")
+    return json.loads(config.read_text()).get("model_type", "")
+
+
+def load_adapter(path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> VLMAdapter:
+    """The adapter for the checkpoint at ``path``, chosen by its config's ``model_type``."""
+    from .qwen_vl import QWEN_MODEL_TYPES, QwenVLAdapter
+
+    kind = model_type(path)
+    if kind in QWEN_MODEL_TYPES:
+        return QwenVLAdapter.load(path, dtype=dtype, **image_kwargs)
+    raise ValueError(f"{path}: model_type {kind!r} has no adapter (supported: {sorted(QWEN_MODEL_TYPES)})")

@@ -1,0 +1,64 @@
+"""Loading a Qwen-VL processor with or without torchvision.
+
+transformers' stock ``Qwen2_5_VLProcessor`` insists on a video processor, and every video
+processor needs torchvision. The CPU build of torch this project pins for laptops has no
+matching torchvision, so where torchvision is missing we build an image-only subclass of the
+stock processor from the same saved files. It produces the same tensors for images (same
+image processor, same token expansion, same ``mm_token_type_ids``); videos are rejected.
+Where torchvision imports, the stock processor is used untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+
+def has_torchvision() -> bool:
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:  # a torchvision built for another torch is installed but fails to import
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+        return False
+    return True
+
+
+class QwenImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """The stock Qwen2.5-VL processor minus its video processor (see module docstring)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        # Skip Qwen2_5_VLProcessor.__init__, which requires the video processor argument.
+        super(Qwen2_5_VLProcessor, self).__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def __call__(self, images=None, text=None, videos=None, **kwargs):
+        if videos is not None:
+            raise ValueError("videos need torchvision; this environment has only the image-only Qwen processor")
+        return super().__call__(images=images, text=text, **kwargs)
+
+
+def load_qwen_processor(path: str | Path, **image_kwargs):
+    """The stock processor when torchvision works, else the image-only one from the same files.
+
+    ``image_kwargs`` (e.g. ``min_pixels``/``max_pixels``) override the saved image settings.
+    """
+    path = Path(path)
+    if has_torchvision():
+        return AutoProcessor.from_pretrained(path, local_files_only=True, **image_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True, **image_kwargs)
+    chat_template = None
+    template_file = path / "chat_template.jinja"
+    if template_file.exists():
+        chat_template = template_file.read_text()
+    elif (path / "chat_template.json").exists():
+        chat_template = json.loads((path / "chat_template.json").read_text())["chat_template"]
+    return QwenImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)

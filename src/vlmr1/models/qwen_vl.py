@@ -1,0 +1,105 @@
+"""Adapter for the Qwen-VL family (Qwen2-VL, Qwen2.5-VL) through transformers' own classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from .adapter import PromptBatch
+from .processing import load_qwen_processor
+
+QWEN_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
+
+
+class QwenVLAdapter:
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.patch_size = processor.image_processor.patch_size
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> "QwenVLAdapter":
+        image_kwargs = {k: v for k, v in image_kwargs.items() if v is not None}
+        processor = load_qwen_processor(path, **image_kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+        return cls(model, processor)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        return sorted({i for i in ids if i is not None} | {self.tokenizer.eos_token_id})
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def messages(self, problem: str, n_images: int) -> list[dict]:
+        # Images go before the question, as VLM-R1 and Qwen's own examples place them.
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": problem}]
+        return [{"role": "user", "content": content}]
+
+    def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
+        texts = [
+            self.processor.apply_chat_template(self.messages(p, len(ims)), add_generation_prompt=True, tokenize=False)
+            for p, ims in zip(problems, images)
+        ]
+        flat = [im for ims in images for im in ims]
+        enc = self.processor(text=texts, images=flat or None, return_tensors="pt", padding=True, padding_side="left")
+        mm = {k: enc[k] for k in ("pixel_values", "image_grid_thw") if k in enc}
+        mm["mm_token_type_ids"] = enc["mm_token_type_ids"]
+        # Qwen predicts absolute pixels of its resized input: grid (t, h, w) patches of patch_size px.
+        sizes, k = [], 0
+        for ims in images:
+            grids = enc["image_grid_thw"][k : k + len(ims)].tolist() if ims else []
+            sizes.append([(w * self.patch_size, h * self.patch_size) for _, h, w in grids])
+            k += len(ims)
+        return PromptBatch(enc["input_ids"], enc["attention_mask"], mm, sizes)
+
+    def repeat_prompts(self, prompts: PromptBatch, times: int) -> PromptBatch:
+        """Each prompt ``times`` times in a row (row i*times + j is prompt i's j-th copy)."""
+        if times == 1:
+            return prompts
+        n_img = [len(s) for s in prompts.input_sizes]
+        grid = prompts.mm_inputs.get("image_grid_thw")
+        mm = {"mm_token_type_ids": prompts.mm_inputs["mm_token_type_ids"].repeat_interleave(times, dim=0)}
+        if grid is not None:
+            grids = grid.split(n_img)  # [n_images_i, 3] per prompt
+            patches = prompts.mm_inputs["pixel_values"].split([int(g.prod(-1).sum()) for g in grids])
+            mm["image_grid_thw"] = torch.cat([g for g in grids for _ in range(times)])
+            mm["pixel_values"] = torch.cat([p for p in patches for _ in range(times)])
+        return PromptBatch(
+            prompts.input_ids.repeat_interleave(times, dim=0),
+            prompts.attention_mask.repeat_interleave(times, dim=0),
+            mm,
+            [s for s in prompts.input_sizes for _ in range(times)],
+        )
+
+    def sequence_inputs(self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
+        # Completions are text: token type 0. Without mm_token_type_ids transformers would
+        # silently fall back to 1-D rotary positions for the image tokens.
+        token_types = torch.cat([prompts.mm_inputs["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+        inputs = {
+            "input_ids": torch.cat([prompts.input_ids, completion_ids], dim=1),  # [N, Lp + Lc]
+            "attention_mask": torch.cat([prompts.attention_mask, completion_mask.to(prompts.attention_mask)], dim=1),
+            "mm_token_type_ids": token_types,
+        }
+        inputs.update({k: v for k, v in prompts.mm_inputs.items() if k != "mm_token_type_ids"})
+        return inputs
+
+    def encode_completions(self, texts: list[str]) -> torch.Tensor:
+        eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # [N, Lc]
+
+    def vision_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.model.visual.parameters())
+
+    def save(self, out_dir: str | Path) -> None:
+        self.model.save_pretrained(out_dir)
+        self.processor.save_pretrained(out_dir)

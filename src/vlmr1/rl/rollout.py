@@ -1,0 +1,66 @@
+"""Rollouts with HF ``generate``: every sampling option is passed through explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from ..models.adapter import PromptBatch
+from .algos import completion_mask
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class Rollout:
+    """G completions for each of P prompts, prompts repeated so that row i*G+j is prompt i's j-th."""
+
+    prompts: PromptBatch  # N = P*G rows
+    completion_ids: torch.Tensor  # [N, Lc] right-padded
+    completion_mask: torch.Tensor  # [N, Lc] 1 up to and including the first EOS
+    texts: list[str]  # [N] decoded completions
+
+
+def generation_config(s: Sampling, eos_ids: list[int], pad_id: int) -> GenerationConfig:
+    # A full GenerationConfig replaces the checkpoint's defaults, so nothing from the model's
+    # generation_config.json (e.g. a stock top_k=1) silently overrides what the user set.
+    kwargs = dict(
+        max_new_tokens=s.max_new_tokens,
+        do_sample=s.do_sample,
+        repetition_penalty=s.repetition_penalty,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+    )
+    if s.do_sample:
+        kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+    return GenerationConfig(**kwargs)
+
+
+@torch.no_grad()
+def generate(model, adapter, prompts: PromptBatch, sampling: Sampling) -> Rollout:
+    """Sample one completion per prompt row (repeat rows G times beforehand for groups)."""
+    config = generation_config(sampling, adapter.eos_token_ids, adapter.pad_token_id)
+    inputs = {"input_ids": prompts.input_ids, "attention_mask": prompts.attention_mask, **prompts.mm_inputs}
+    was_training = model.training
+    model.eval()
+    out = model.generate(**inputs, generation_config=config)
+    model.train(was_training)
+    completion_ids = out[:, prompts.input_ids.shape[1] :]  # [N, Lc]
+    if completion_ids.shape[1] == 0:  # every row hit EOS at once? generate always emits >= 1 token
+        raise RuntimeError("generate returned no new tokens")
+    mask = completion_mask(completion_ids, adapter.eos_token_ids)
+    # Everything after the first EOS becomes padding, so later forwards see clean rows.
+    completion_ids = completion_ids.masked_fill(mask == 0, adapter.pad_token_id)
+    texts = adapter.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollout(prompts, completion_ids, mask, texts)
+

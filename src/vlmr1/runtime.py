@@ -1,0 +1,207 @@
+"""What every run shares: run folder, metrics, data order, optimizer, atomic checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import Config, TrainConfig, dump
+from .data.jsonl import Sample, format_question
+
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.pt"
+
+
+def make_run_dir(cfg: Config, kind: str) -> Path:
+    if cfg.train.output_dir is None:
+        cfg.train.output_dir = str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_config(cfg: Config, out: Path) -> None:
+    dump(cfg, out / "config.yaml")
+
+
+class MetricsLogger:
+    """One JSON line per logged step in metrics.jsonl, and the same scalars to TensorBoard."""
+
+    def __init__(self, out: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step" and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the log has no duplicates."""
+        if self.enabled and self.path.exists():
+            rows = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(r + "\n" for r in rows))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Timers:
+    """Wall time per named stage, summed since the last ``pop``."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        out = {f"time/{k}": v for k, v in self.totals.items()}
+        self.totals = {}
+        return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class DataOrder:
+    """Deterministic epoch-wise shuffles; batch ``step`` of rank ``rank`` depends only on (seed, step)."""
+
+    def __init__(self, n: int, seed: int, per_rank: int, world: int = 1, rank: int = 0):
+        self.n, self.seed, self.per_rank, self.world, self.rank = n, seed, per_rank, world, rank
+
+    def indices(self, step: int) -> list[int]:
+        size = self.per_rank * self.world
+        start = step * size + self.rank * self.per_rank
+        out = []
+        for pos in range(start, start + self.per_rank):
+            epoch, offset = divmod(pos, self.n)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            out.append(int(perm[offset]))
+        return out
+
+
+def load_images(sample: Sample) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sample.images]
+
+
+@dataclass
+class Batch:
+    """Samples ready for the adapter: formatted questions, PIL images, reward columns."""
+
+    samples: list[Sample]
+    problems: list[str]
+    images: list[list[Image.Image]]
+    columns: dict[str, list] = field(default_factory=dict)
+
+
+def make_batch(samples: list[Sample], task: str) -> Batch:
+    images = [load_images(s) for s in samples]
+    columns: dict[str, list] = {
+        "solution": [s.solution for s in samples],
+        "reward_method": [s.reward_method for s in samples],
+        "sample_id": [s.id for s in samples],
+        # Original image size (w, h) of the first image: where boxes are scored.
+        "image_size": [ims[0].size if ims else None for ims in images],
+    }
+    keys = sorted({k for s in samples for k in s.extra} - set(columns))
+    for k in keys:
+        columns[k] = [s.extra.get(k) for s in samples]
+    problems = [format_question(task, s.problem) for s in samples]
+    return Batch(samples, problems, images, columns)
+
+
+def build_optimizer(params, t: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / (t.warmup_steps + 1)
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        if t.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if t.lr_schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_checkpoint(out: Path, step: int, adapter, optimizer, scheduler, extra: dict | None = None) -> Path:
+    """Write ``checkpoint-{step}`` atomically: into a temporary folder, renamed when complete."""
+    final = out / f"checkpoint-{step}"
+    tmp = out / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapter.save(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+        tmp / OPTIM_FILE,
+    )
+    state = {"step": step, **(extra or {})}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    with open(tmp / STATE_FILE) as f:
+        os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def resolve_resume(cfg: Config, out: Path) -> Path | None:
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        return latest_checkpoint(out)
+    path = Path(cfg.train.resume)
+    if not (path / STATE_FILE).exists():
+        raise FileNotFoundError(f"train.resume={path}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def load_trainer_state(ckpt: Path, optimizer, scheduler) -> dict:
+    # weights_only: the file holds tensors and plain containers only, never arbitrary pickles.
+    blob = torch.load(ckpt / OPTIM_FILE, weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"])
+    return json.loads((ckpt / STATE_FILE).read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
