@@ -96,7 +96,7 @@ class AlgoConfig:
 
 @dataclass
 class RewardConfig:
-    funcs: list[str] = field(default_factory=lambda: ["acc50_tight", "iou", "answer_format"])
+    funcs: list[str] = field(default_factory=lambda: ["acc50_tight", "iou", "box_format"])
     """Registered reward names or path/to/file.py:function."""
     weights: list[float] | None = field(default_factory=lambda: [1.0, 0.5, 0.1])
     """One weight per reward (None: all 1)."""
@@ -109,7 +109,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds data order, sampling and initialisation."""
     steps: int = 150
-    """Optimizer steps (GRPO: rollouts x num_iterations; SFT: batches)."""
+    """GRPO: rollout steps (each followed by algo.num_iterations optimizer updates); SFT: batches."""
     prompts_per_step: int = 8
     """Prompts per rollout per process (GRPO); samples per batch per process (SFT)."""
     micro_batch_size: int = 64
@@ -128,6 +128,8 @@ class TrainConfig:
     """Steps between metric lines."""
     save_every: int = 0
     """Steps between checkpoints (0: only the final one)."""
+    eval_every: int = 0
+    """Steps between held-out evaluations logged to metrics (0: none during training)."""
     eval_before: bool = True
     """Evaluate the held-out splits before training."""
     eval_after: bool = True
@@ -188,6 +190,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return [_coerce(v, item, key) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-5" (no dot) as a string; accept it as the number it clearly is.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):
@@ -258,6 +266,7 @@ def validate(cfg: Config) -> None:
         (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (t.max_grad_norm >= 0, "train.max_grad_norm must be >= 0"),
         (t.save_every >= 0, "train.save_every must be >= 0"),
+        (t.eval_every >= 0, "train.eval_every must be >= 0"),
         (t.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.data.num_eval >= 0 and cfg.data.num_train >= 1, "data.num_train must be >= 1 and data.num_eval >= 0"),
         (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),

@@ -74,3 +74,29 @@ def evaluate_rec(
         "format_rate": sum(r["format"] for r in rows) / n,
         "n": len(rows),
     }
+
+
+def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[str, float]]:
+    """Evaluate every held-out split; predictions go to ``out/eval/{tag}-{split}.jsonl``."""
+    from tqdm.auto import tqdm
+
+    results = {}
+    unwrapped = getattr(model, "module", model)
+    for split, samples in data.evals.items():
+        with tqdm(total=len(samples), desc=f"eval {tag} {split}", disable=not cfg.train.progress, leave=False) as bar:
+            results[split] = evaluate_rec(
+                unwrapped,
+                adapter,
+                samples,
+                cfg.data.task,
+                batch_size=cfg.train.eval_batch_size,
+                max_new_tokens=cfg.rollout.max_completion_length,
+                predictions=out / "eval" / f"{tag}-{split}.jsonl",
+                progress=bar,
+            )
+    return results
+
+
+def flat_metrics(results: dict[str, dict[str, float]], prefix: str = "eval") -> dict[str, float]:
+    """{"in": {"acc50": ..}} -> {"eval/in/acc50": ..} for the metrics log."""
+    return {f"{prefix}/{split}/{k}": v for split, m in results.items() for k, v in m.items() if k != "n"}

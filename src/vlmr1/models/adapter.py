@@ -27,6 +27,10 @@ class PromptBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device) -> "PromptBatch":
+        mm = {k: v.to(device) for k, v in self.mm_inputs.items()}
+        return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device), mm, self.input_sizes)
+
 
 class VLMAdapter(Protocol):
     model: torch.nn.Module
@@ -43,6 +47,9 @@ class VLMAdapter(Protocol):
 
     def repeat_prompts(self, prompts: PromptBatch, times: int) -> PromptBatch:
         """Each prompt ``times`` times consecutively, with its images (for G completions)."""
+
+    def slice_prompts(self, prompts: PromptBatch, start: int, stop: int) -> PromptBatch:
+        """Rows ``start:stop`` of a prompt batch, with exactly their images (for micro-batches)."""
 
     def sequence_inputs(self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
         """Model forward kwargs for prompt + completion ([N, Lp + Lc]); completion_ids right-padded."""

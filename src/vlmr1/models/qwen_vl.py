@@ -79,6 +79,21 @@ class QwenVLAdapter:
             [s for s in prompts.input_sizes for _ in range(times)],
         )
 
+    def slice_prompts(self, prompts: PromptBatch, start: int, stop: int) -> PromptBatch:
+        """Rows ``start:stop`` with their images (images of a row are contiguous in pixel_values)."""
+        n_img = [len(s) for s in prompts.input_sizes]
+        mm = {"mm_token_type_ids": prompts.mm_inputs["mm_token_type_ids"][start:stop]}
+        grid = prompts.mm_inputs.get("image_grid_thw")
+        if grid is not None:
+            first, last = sum(n_img[:start]), sum(n_img[:stop])
+            patches = grid.prod(-1)  # [n_images] patches per image
+            lo, hi = int(patches[:first].sum()), int(patches[:last].sum())
+            mm["image_grid_thw"] = grid[first:last]
+            mm["pixel_values"] = prompts.mm_inputs["pixel_values"][lo:hi]
+        return PromptBatch(
+            prompts.input_ids[start:stop], prompts.attention_mask[start:stop], mm, prompts.input_sizes[start:stop]
+        )
+
     def sequence_inputs(self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
         # Completions are text: token type 0. Without mm_token_type_ids transformers would
         # silently fall back to 1-D rotary positions for the image tokens.

@@ -1,0 +1,65 @@
+"""The embedded default: the shipped tiny base checkpoint and the generated synthetic REC task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import EMBEDDED, Config
+from .data.jsonl import Sample, load_samples
+from .data.synthetic import generate_rec
+
+BASE_CHECKPOINT = Path(__file__).parent / "assets" / "base"
+TINY_RANDOM = "tiny-random"  # model.path value: a freshly initialised tiny model (for SFT from scratch)
+# Held-out sets use fixed seeds so every run, whatever its train.seed, is scored on the same samples.
+EVAL_SEEDS = {"in": 1_000_003, "ood": 2_000_003}
+
+
+@dataclass
+class Data:
+    train: list[Sample]
+    evals: dict[str, list[Sample]]  # split name -> samples
+
+
+def resolve_model_path(path: str, out: Path | None = None) -> Path:
+    if path == EMBEDDED:
+        if not (BASE_CHECKPOINT / "config.json").exists():
+            raise FileNotFoundError(f"{BASE_CHECKPOINT}: the embedded base checkpoint is missing (see docs/base-checkpoint.md)")
+        return BASE_CHECKPOINT
+    if path == TINY_RANDOM:
+        from .models.tiny import build_tiny
+
+        if out is None:
+            raise ValueError("model.path=tiny-random needs a run folder to build the model in")
+        return build_tiny(out / "init")
+    return Path(path)
+
+
+def _load(files: str, folders: str | None, on_error: str) -> list[Sample]:
+    samples, skipped = load_samples(files, folders, on_error=on_error)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} bad rows in {files} (first: {skipped[0]})")
+    return samples
+
+
+def prepare_data(cfg: Config, out: Path) -> Data:
+    d = cfg.data
+    if d.train_files == EMBEDDED:
+        root = out / "data"
+        train = generate_rec(root, d.num_train, "in", seed=cfg.train.seed, min_objects=d.min_objects, max_objects=d.max_objects, name="train")
+        train_samples = _load(str(train), None, d.on_error)
+    else:
+        train_samples = _load(d.train_files, d.image_folders, d.on_error)
+    evals: dict[str, list[Sample]] = {}
+    if d.eval_files is not None:
+        files = d.eval_files.split(":")
+        folders = d.eval_image_folders.split(":") if d.eval_image_folders else [None] * len(files)
+        if len(folders) != len(files):
+            raise ValueError(f"data.eval_image_folders has {len(folders)} entries for {len(files)} data.eval_files")
+        for f, folder in zip(files, folders):
+            evals[Path(f).stem] = _load(f, folder, d.on_error)
+    elif d.train_files == EMBEDDED and d.num_eval > 0:
+        for split, seed in EVAL_SEEDS.items():
+            path = generate_rec(out / "data", d.num_eval, split, seed=seed, min_objects=d.min_objects, max_objects=d.max_objects, name=f"eval_{split}")
+            evals[split] = _load(str(path), None, d.on_error)
+    return Data(train_samples, evals)

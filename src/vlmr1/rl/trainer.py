@@ -1,0 +1,216 @@
+"""The GRPO training loop: rollout -> rewards -> advantages -> old/ref log-probs -> mu updates -> log -> save.
+
+Built on accelerate, so the same function runs on CPU, one GPU or many. Each rank samples its
+own prompts and all G completions of each, so groups are scored and normalised together.
+The loss math lives in ``algos`` (pure functions); this file only moves tensors between stages.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..embedded import prepare_data, resolve_model_path
+from ..evaluate import flat_metrics, run_evals
+from ..models.adapter import PromptBatch, load_adapter
+from ..rewards import compute_rewards, get_reward
+from ..runtime import (
+    DataOrder,
+    MetricsLogger,
+    Timers,
+    build_optimizer,
+    load_trainer_state,
+    make_batch,
+    make_run_dir,
+    resolve_resume,
+    save_checkpoint,
+    save_config,
+    seed_everything,
+    write_json,
+)
+from ..sft import DTYPES
+from . import algos
+from .logprobs import completion_logprobs
+from .rollout import Rollout, Sampling, generate
+
+
+def _load(cfg: Config, path):
+    return load_adapter(path, dtype=DTYPES[cfg.model.dtype], min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+
+
+def micro_batches(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def rows_of(adapter, rollout: Rollout, rows: list[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Model inputs, completion ids and mask for a contiguous run of rollout rows."""
+    start, stop = rows[0], rows[-1] + 1
+    prompts: PromptBatch = adapter.slice_prompts(rollout.prompts, start, stop)
+    ids, mask = rollout.completion_ids[start:stop], rollout.completion_mask[start:stop]
+    return adapter.sequence_inputs(prompts, ids, mask), ids, mask
+
+
+@torch.no_grad()
+def frozen_logprobs(model, adapter, rollout: Rollout, size: int, temperature: float) -> torch.Tensor:
+    """Log-probs [N, Lc] without gradients (old policy for mu > 1, or the reference model)."""
+    out = []
+    for rows in micro_batches(list(range(len(rollout.texts))), size):
+        inputs, ids, _ = rows_of(adapter, rollout, rows)
+        out.append(completion_logprobs(model, inputs, ids, temperature))
+    return torch.cat(out)
+
+
+def train(cfg: Config) -> dict:
+    out = make_run_dir(cfg, "grpo")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    r, a, t = cfg.rollout, cfg.algo, cfg.train
+    G = r.group_size
+    seed_everything(t.seed)
+    with accelerator.main_process_first():
+        data = prepare_data(cfg, out)
+    reward_funcs = {name: get_reward(name) for name in cfg.reward.funcs}
+    resume = resolve_resume(cfg, out)
+    base_path = resolve_model_path(cfg.model.path, out)
+    policy = _load(cfg, resume or base_path)
+    if cfg.model.freeze_vision:
+        for p in policy.vision_parameters():
+            p.requires_grad_(False)
+    # beta = 0 loads no reference model. The reference is always the starting checkpoint,
+    # also after a resume, and it is the same class as the policy.
+    ref_model = _load(cfg, base_path).model.eval().requires_grad_(False) if a.beta > 0 else None
+    optimizer, scheduler = build_optimizer([p for p in policy.model.parameters() if p.requires_grad], t)
+    model, optimizer = accelerator.prepare(policy.model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    if ref_model is not None:
+        ref_model.to(accelerator.device)
+    start = load_trainer_state(resume, optimizer, scheduler)["step"] if resume else 0
+    if main:
+        save_config(cfg, out)
+        print(f"vlmr1 train: run folder {out}")
+    logger = MetricsLogger(out, enabled=main)
+    logger.truncate_after(start)
+    summary: dict = {}
+    if t.eval_before and start == 0 and main and data.evals:
+        summary["before"] = run_evals(cfg, unwrapped, policy, data, out, "before")
+        logger.log(0, flat_metrics(summary["before"]))
+    sampling = Sampling(r.max_completion_length, True, r.temperature, r.top_p, r.top_k, r.repetition_penalty)
+    order = DataOrder(len(data.train), t.seed, t.prompts_per_step, world, rank)
+    timers = Timers()
+    bar = tqdm(total=t.steps, initial=start, desc="grpo", disable=not (main and t.progress))
+    wall = time.perf_counter()
+    for step in range(start, t.steps):
+        # 1. Rollout: P prompts, each repeated G times, one sampled completion per row.
+        with timers("gen"):
+            batch = make_batch([data.train[i] for i in order.indices(step)], cfg.data.task)
+            prompts = policy.repeat_prompts(policy.encode_prompts(batch.problems, batch.images), G)
+            torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + rank)  # same samples after a resume
+            rollout = generate(unwrapped, policy, prompts.to(accelerator.device), sampling)
+        # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
+        with timers("reward"):
+            columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
+            columns["input_size"] = [s[0] if s else None for s in rollout.prompts.input_sizes]
+            rewards = compute_rewards(reward_funcs, cfg.reward.weights, rollout.texts, columns)
+        # 3. Advantages per group of G; optionally drop groups with no signal.
+        advantages = algos.group_advantages(rewards.total, G, a.advantage_scale).to(accelerator.device)  # [N]
+        zero_std = algos.zero_std_groups(rewards.total, G)  # [P]
+        keep = ~zero_std.repeat_interleave(G) if a.filter_zero_std else torch.ones(len(rollout.texts), dtype=torch.bool)
+        rows = [i for i in range(len(rollout.texts)) if keep[i]]
+        # 4. Frozen log-probs: the old policy (only needed when mu > 1) and the reference.
+        with timers("old"):
+            old_logp = frozen_logprobs(model, policy, rollout, t.micro_batch_size, r.temperature) if a.num_iterations > 1 else None
+        with timers("ref"):
+            ref_logp = frozen_logprobs(ref_model, policy, rollout, t.micro_batch_size, r.temperature) if ref_model is not None else None
+        mask = rollout.completion_mask
+        # dapo normalises by the valid-token count of the whole global batch; DDP averages
+        # gradients over ranks, so each rank's share is scaled back up by the world size.
+        global_tokens = accelerator.reduce(mask[rows].sum().float().to(accelerator.device), "sum").item() if rows else 0.0
+        stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_fraction": [], "grad_norm": []}
+        # 5. mu optimizer updates over the rollout, micro-batched with gradient accumulation.
+        with timers("update"):
+            for _ in range(a.num_iterations if rows else 0):
+                chunks = micro_batches(rows, t.micro_batch_size)
+                for k, chunk in enumerate(chunks):
+                    with accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext():
+                        inputs, ids, m = rows_of(policy, rollout, chunk)
+                        logp = completion_logprobs(model, inputs, ids, r.temperature)  # [n, Lc]
+                        sel = torch.tensor(chunk)
+                        res = algos.policy_loss(
+                            logp,
+                            logp.detach() if old_logp is None else old_logp[sel],
+                            advantages[sel],
+                            m,
+                            eps_low=a.eps_low,
+                            eps_high=a.eps_high,
+                            ref_logp=None if ref_logp is None else ref_logp[sel],
+                            beta=a.beta,
+                            kl_estimator=a.kl_estimator,
+                            aggregation=a.loss_aggregation,
+                            max_completion_length=r.max_completion_length,
+                            global_num_tokens=global_tokens / world,
+                            importance_level=a.importance_level,
+                        )
+                        weight = 1.0 if a.loss_aggregation == "dapo" else len(chunk) / len(rows)
+                        accelerator.backward(res.loss * weight)
+                    stats["loss"].append(res.loss.item() * weight)
+                    stats["clip_fraction"].append(res.clip_fraction.item())
+                    if res.kl is not None:
+                        stats["kl"].append(res.kl.item())
+                norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
+                stats["grad_norm"].append(float(norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        # 6. Log and save.
+        if (step + 1) % t.log_every == 0:
+            lengths = mask.sum(1).float()
+            metrics = {
+                "reward": rewards.total.mean().item(),
+                "reward_std": rewards.total.std().item(),
+                **{f"rewards/{k}": v for k, v in rewards.means.items()},
+                "completion_length": lengths.mean().item(),
+                "zero_std_groups": zero_std.float().mean().item(),
+                "loss": sum(stats["loss"]) / max(1, a.num_iterations),
+                "lr": scheduler.get_last_lr()[0],
+                **{k: sum(v) / len(v) for k, v in stats.items() if v and k != "loss"},
+                **timers.pop(),
+            }
+            logger.log(step + 1, metrics)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}")
+        if t.eval_every and (step + 1) % t.eval_every == 0 and main and data.evals:
+            logger.log(step + 1, flat_metrics(run_evals(cfg, unwrapped, policy, data, out, f"step{step + 1}")))
+        if main and t.save_every and (step + 1) % t.save_every == 0:
+            save_checkpoint(out, step + 1, policy, optimizer, scheduler)
+        bar.update(1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    summary["train_seconds"] = time.perf_counter() - wall
+    if main:
+        save_checkpoint(out, t.steps, policy, optimizer, scheduler)
+        policy.save(out / "final")
+        if t.eval_after and data.evals:
+            summary["after"] = run_evals(cfg, unwrapped, policy, data, out, "after")
+            logger.log(t.steps, flat_metrics(summary["after"], "eval_after"))
+        write_json(out / "summary.json", summary)
+        print_table(summary)
+    logger.close()
+    return summary
+
+
+def print_table(summary: dict) -> None:
+    before, after = summary.get("before", {}), summary.get("after", {})
+    if not (before or after):
+        return
+    print(f"\n{'split':<8}{'metric':<12}{'before':>9}{'after':>9}{'change':>9}")
+    for split in sorted(set(before) | set(after)):
+        for metric in ("acc50", "mean_iou", "format_rate"):
+            b, a_ = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
+            fmt = lambda v: f"{v:>9.3f}" if v is not None else f"{'-':>9}"  # noqa: E731
+            delta = f"{a_ - b:>+9.3f}" if b is not None and a_ is not None else f"{'-':>9}"
+            print(f"{split:<8}{metric:<12}{fmt(b)}{fmt(a_)}{delta}")

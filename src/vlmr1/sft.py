@@ -1,0 +1,104 @@
+"""Supervised fine-tuning: cross-entropy on answer tokens only, same data, adapters and checkpoints as GRPO."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .config import Config
+from .embedded import prepare_data, resolve_model_path
+from .models.adapter import load_adapter
+from .rl.algos import completion_mask, masked_mean
+from .rl.logprobs import completion_logprobs
+from .runtime import (
+    DataOrder,
+    MetricsLogger,
+    Timers,
+    build_optimizer,
+    load_trainer_state,
+    make_batch,
+    make_run_dir,
+    resolve_resume,
+    save_checkpoint,
+    save_config,
+    seed_everything,
+)
+from .evaluate import flat_metrics, run_evals
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sft_loss(model, adapter, batch) -> torch.Tensor:
+    """Mean negative log-likelihood per answer token (answer + EOS), prompt tokens excluded."""
+    prompts = adapter.encode_prompts(batch.problems, batch.images)
+    targets = adapter.encode_completions(batch.columns["solution"])  # [B, Lc]
+    mask = completion_mask(targets, adapter.eos_token_ids)  # [B, Lc]
+    logp = completion_logprobs(model, adapter.sequence_inputs(prompts, targets, mask), targets)  # [B, Lc]
+    return -masked_mean(logp, mask)
+
+
+def sft(cfg: Config) -> dict:
+    out = make_run_dir(cfg, "sft")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    seed_everything(cfg.train.seed)
+    data = prepare_data(cfg, out)
+    resume = resolve_resume(cfg, out)
+    adapter = load_adapter(
+        resume or resolve_model_path(cfg.model.path, out),
+        dtype=DTYPES[cfg.model.dtype],
+        min_pixels=cfg.model.min_pixels,
+        max_pixels=cfg.model.max_pixels,
+    )
+    if cfg.model.freeze_vision:
+        for p in adapter.vision_parameters():
+            p.requires_grad_(False)
+    optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], cfg.train)
+    model, optimizer = accelerator.prepare(adapter.model, optimizer)
+    start = 0
+    if resume is not None:
+        start = load_trainer_state(resume, optimizer, scheduler)["step"]
+    if main:
+        save_config(cfg, out)
+    logger = MetricsLogger(out, enabled=main)
+    logger.truncate_after(start)
+    order = DataOrder(len(data.train), cfg.train.seed, cfg.train.prompts_per_step, accelerator.num_processes, accelerator.process_index)
+    timers = Timers()
+    micro = cfg.train.micro_batch_size
+    bar = tqdm(total=cfg.train.steps, initial=start, desc="sft", disable=not (main and cfg.train.progress))
+    model.train()
+    for step in range(start, cfg.train.steps):
+        with timers("data"):
+            batch_samples = [data.train[i] for i in order.indices(step)]
+        total = 0.0
+        with timers("update"):
+            for k in range(0, len(batch_samples), micro):
+                chunk = batch_samples[k : k + micro]
+                loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
+                accelerator.backward(loss)
+                total += loss.item()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or math.inf)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % cfg.train.log_every == 0:
+            logger.log(step + 1, {"loss": total, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], **timers.pop()})
+        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and main:
+            model.eval()
+            logger.log(step + 1, flat_metrics(run_evals(cfg, model, adapter, data, out, f"step{step + 1}")))
+            model.train()
+        if main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+            save_checkpoint(out, step + 1, adapter, optimizer, scheduler)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.3f}")
+    bar.close()
+    accelerator.wait_for_everyone()
+    if main:
+        save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler)
+        adapter.save(out / "final")
+    summary = run_evals(cfg, model, adapter, data, out, "after") if cfg.train.eval_after else {}
+    logger.close()
+    return summary
