@@ -188,6 +188,26 @@ def _const(values):
     return lambda completions, **_: list(values)
 
 
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("[1, 2, 3, 4]", 1.0),  # the tiny model's layout: a bare box
+        ("  [10,20,30,40]\n", 1.0),  # surrounding whitespace allowed, spaces inside optional
+        ("[1.5, 2, 3.25, 4]", 1.0),  # decimals are still a box
+        ("[-3, 2, 30, 40]", 1.0),  # a negative coordinate is a (bad) box, but well formed
+        ("[1, 2, 3]", 0.0),  # three numbers
+        ("[1, 2, 3, 4, 5]", 0.0),  # five numbers
+        ("[1, 2, 3, 4] and more", 0.0),  # trailing text
+        ("The box is [1, 2, 3, 4]", 0.0),  # leading text
+        ("<answer>[1, 2, 3, 4]</answer>", 0.0),  # tags are not the bare layout
+        ("", 0.0),
+        ("[a, b, c, d]", 0.0),
+    ],
+)
+def test_box_format_reward(completion, expected):
+    assert get_reward("box_format")([completion]) == [expected]
+
+
 def test_compute_rewards_none_and_weights():
     out = compute_rewards(
         {"a": _const([1.0, 0.0, 0.5]), "b": _const([None, 1, 2])},
@@ -257,7 +277,7 @@ def test_compute_rewards_validates_shapes():
 
 
 def test_registry_names():
-    assert {"iou", "acc50", "rec_acc", "acc50_tight", "format", "answer_format"} <= set(available_rewards())
+    assert {"iou", "acc50", "rec_acc", "acc50_tight", "format", "answer_format", "box_format"} <= set(available_rewards())
     assert get_reward("rec_acc") is get_reward("acc50")
     with pytest.raises(ValueError, match="unknown reward 'nope'.*acc50"):
         get_reward("nope")

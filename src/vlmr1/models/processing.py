@@ -62,3 +62,33 @@ def load_qwen_processor(path: str | Path, **image_kwargs):
     elif (path / "chat_template.json").exists():
         chat_template = json.loads((path / "chat_template.json").read_text())["chat_template"]
     return QwenImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def save_qwen_processor(processor, out_dir: str | Path) -> None:
+    """Save so that the folder loads with the *stock* processor wherever torchvision is present.
+
+    The image-only subclass would record its own class name; GPU users with torchvision should
+    get ``Qwen2_5_VLProcessor`` and a video processor (with Qwen's defaults) instead.
+    """
+    out_dir = Path(out_dir)
+    processor.save_pretrained(out_dir)
+    if not isinstance(processor, QwenImageOnlyProcessor):
+        return
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        file = out_dir / name
+        if file.exists():
+            data = json.loads(file.read_text())
+            if data.get("processor_class"):
+                data["processor_class"] = "Qwen2_5_VLProcessor"
+            file.write_text(json.dumps(data, indent=2))
+    ip = processor.image_processor
+    video = {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "patch_size": ip.patch_size,
+        "temporal_patch_size": ip.temporal_patch_size,
+        "merge_size": ip.merge_size,
+        # Qwen's image processors keep the pixel bounds as size = {shortest_edge, longest_edge}.
+        "size": {"shortest_edge": ip.size.shortest_edge, "longest_edge": ip.size.longest_edge},
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    (out_dir / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))

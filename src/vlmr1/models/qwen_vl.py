@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from .adapter import PromptBatch
-from .processing import load_qwen_processor
+from .processing import load_qwen_processor, save_qwen_processor
 
 QWEN_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
 
@@ -84,8 +84,9 @@ class QwenVLAdapter:
         n_img = [len(s) for s in prompts.input_sizes]
         mm = {"mm_token_type_ids": prompts.mm_inputs["mm_token_type_ids"][start:stop]}
         grid = prompts.mm_inputs.get("image_grid_thw")
-        if grid is not None:
-            first, last = sum(n_img[:start]), sum(n_img[:stop])
+        first, last = sum(n_img[:start]), sum(n_img[:stop])
+        # Rows without images get no image tensors: the model cannot run its vision tower on zero images.
+        if grid is not None and last > first:
             patches = grid.prod(-1)  # [n_images] patches per image
             lo, hi = int(patches[:first].sum()), int(patches[:last].sum())
             mm["image_grid_thw"] = grid[first:last]
@@ -117,4 +118,4 @@ class QwenVLAdapter:
 
     def save(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(out_dir)
-        self.processor.save_pretrained(out_dir)
+        save_qwen_processor(self.processor, out_dir)

@@ -10,14 +10,13 @@ short digit sequences the model can learn) and Qwen's special tokens and chat te
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .processing import QwenImageOnlyProcessor, load_qwen_processor
+from .processing import QwenImageOnlyProcessor, load_qwen_processor, save_qwen_processor
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -156,34 +155,8 @@ def build_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
     processor = QwenImageOnlyProcessor(build_image_processor(), tokenizer, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out_dir)
-    _write_stock_processor_files(out_dir)
+    save_qwen_processor(processor, out_dir)
     return out_dir
-
-
-def _write_stock_processor_files(out_dir: Path) -> None:
-    """Make the saved folder load with the *stock* processor where torchvision is present.
-
-    The image-only subclass saves its own class name; GPU users with torchvision get
-    ``Qwen2_5_VLProcessor`` and its video processor (with Qwen's defaults) instead.
-    """
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        file = out_dir / name
-        if file.exists():
-            data = json.loads(file.read_text())
-            if data.get("processor_class"):
-                data["processor_class"] = "Qwen2_5_VLProcessor"
-            file.write_text(json.dumps(data, indent=2))
-    video = {
-        "video_processor_type": "Qwen2VLVideoProcessor",
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "merge_size": 2,
-        "min_pixels": 56 * 56,
-        "max_pixels": 112 * 112,
-        "processor_class": "Qwen2_5_VLProcessor",
-    }
-    (out_dir / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
 
 
 def load_tiny_processor(path: str | Path):

@@ -32,18 +32,28 @@ class Rollout:
 
 
 def generation_config(s: Sampling, eos_ids: list[int], pad_id: int) -> GenerationConfig:
-    # A full GenerationConfig replaces the checkpoint's defaults, so nothing from the model's
-    # generation_config.json (e.g. a stock top_k=1) silently overrides what the user set.
-    kwargs = dict(
+    """A generation config that states every sampling option explicitly.
+
+    transformers fills any option left as None from the checkpoint's generation_config.json
+    (Qwen2.5-VL ships top_k=1, top_p=0.001, temperature=0.1), which would silently turn
+    "no top-k" into greedy decoding. So "off" is spelled as the neutral value, never None.
+    """
+    return GenerationConfig(
         max_new_tokens=s.max_new_tokens,
+        min_new_tokens=0,
         do_sample=s.do_sample,
+        temperature=s.temperature if s.do_sample else 1.0,
+        top_p=s.top_p if s.do_sample else 1.0,
+        top_k=s.top_k if s.do_sample else 0,  # 0 disables top-k in transformers
+        min_p=0.0,
+        typical_p=1.0,
         repetition_penalty=s.repetition_penalty,
+        no_repeat_ngram_size=0,
+        num_beams=1,
+        num_return_sequences=1,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
     )
-    if s.do_sample:
-        kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-    return GenerationConfig(**kwargs)
 
 
 @torch.no_grad()

@@ -45,7 +45,14 @@ def _load(cfg: Config, path):
 
 
 def micro_batches(rows: list[int], size: int) -> list[list[int]]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+    """Chunks of at most ``size`` rows, each a contiguous run (filtered groups leave gaps)."""
+    runs: list[list[int]] = []
+    for i in rows:
+        if runs and runs[-1][-1] == i - 1 and len(runs[-1]) < size:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def rows_of(adapter, rollout: Rollout, rows: list[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
