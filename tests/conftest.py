@@ -8,7 +8,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# The models here are tiny: one thread is fastest, and on a shared machine several OpenMP
+# threads contending with other processes make each op tens of times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

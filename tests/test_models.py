@@ -150,7 +150,7 @@ def test_repeat_and_slice_prompts_keep_each_rows_logprobs(tiny_adapter, make_ima
         close(logp[row][valid], alone[row // G][valid])
 
     # Slices that cut through groups, including the two-image and the image-free prompts.
-    for start, stop in [(2, 5), (7, 12), (11, 12)]:
+    for start, stop in [(2, 5), (5, 9), (7, 12), (11, 12)]:
         part = a.slice_prompts(rep, start, stop)
         assert part.input_sizes == rep.input_sizes[start:stop]
         n_patches = sum(w * h for sizes in part.input_sizes for w, h in sizes) // 14**2

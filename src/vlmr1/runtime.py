@@ -32,7 +32,9 @@ def make_run_dir(cfg: Config, kind: str) -> Path:
 
 
 def save_config(cfg: Config, out: Path) -> None:
+    """Save the resolved config in the run folder and print it, so every run states its settings."""
     dump(cfg, out / "config.yaml")
+    print((out / "config.yaml").read_text())
 
 
 class MetricsLogger:

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, ConfigError
 from .embedded import prepare_data, resolve_model_path
 from .models.adapter import load_adapter
 from .rl.algos import completion_mask, masked_mean
@@ -25,6 +25,7 @@ from .runtime import (
     save_checkpoint,
     save_config,
     seed_everything,
+    write_json,
 )
 from .evaluate import flat_metrics, run_evals
 
@@ -40,7 +41,20 @@ def sft_loss(model, adapter, batch) -> torch.Tensor:
     return -masked_mean(logp, mask)
 
 
+def check_sft_config(cfg: Config) -> None:
+    """SFT has no rollouts, advantages or rewards: reject settings it would otherwise ignore."""
+    default = Config()
+    for section in ("algo", "reward"):
+        if getattr(cfg, section) != getattr(default, section):
+            raise ConfigError(f"{section}.* settings have no effect in sft; remove them from the sft config")
+    used = {"max_completion_length"}  # the eval's generation length
+    for name, value in vars(cfg.rollout).items():
+        if name not in used and value != getattr(default.rollout, name):
+            raise ConfigError(f"rollout.{name} has no effect in sft (greedy evaluation); remove it")
+
+
 def sft(cfg: Config) -> dict:
+    check_sft_config(cfg)
     out = make_run_dir(cfg, "sft")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -65,6 +79,10 @@ def sft(cfg: Config) -> dict:
         save_config(cfg, out)
     logger = MetricsLogger(out, enabled=main)
     logger.truncate_after(start)
+    summary: dict = {}
+    if cfg.train.eval_before and start == 0 and main and data.evals:
+        summary["before"] = run_evals(cfg, model, adapter, data, out, "before")
+        logger.log(0, flat_metrics(summary["before"]))
     order = DataOrder(len(data.train), cfg.train.seed, cfg.train.prompts_per_step, accelerator.num_processes, accelerator.process_index)
     timers = Timers()
     micro = cfg.train.micro_batch_size
@@ -99,6 +117,10 @@ def sft(cfg: Config) -> dict:
     if main:
         save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler)
         adapter.save(out / "final")
-    summary = run_evals(cfg, model, adapter, data, out, "after") if cfg.train.eval_after else {}
+        if cfg.train.eval_after and data.evals:
+            model.eval()
+            summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
+            logger.log(cfg.train.steps, flat_metrics(summary["after"], "eval_after"))
+        write_json(out / "summary.json", summary)
     logger.close()
     return summary

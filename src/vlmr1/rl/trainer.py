@@ -180,7 +180,8 @@ def train(cfg: Config) -> dict:
             metrics = {
                 "reward": rewards.total.mean().item(),
                 "reward_std": rewards.total.std().item(),
-                **{f"rewards/{k}": v for k, v in rewards.means.items()},
+                # A reward given as path/file.py:function is logged under its function name.
+                **{f"rewards/{k.rsplit(':', 1)[-1]}": v for k, v in rewards.means.items()},
                 "completion_length": lengths.mean().item(),
                 "zero_std_groups": zero_std.float().mean().item(),
                 "loss": sum(stats["loss"]) / max(1, a.num_iterations),

@@ -1,0 +1,280 @@
+"""Smoke tests of the GRPO and SFT loops end to end on the tiny random model, and the CLI's config gate.
+
+The GRPO runs use a reward that gives signal on a random model (completion length in characters),
+so advantages are non-zero and the weights really move.
+"""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vlmr1.rl.trainer as trainer_module
+import vlmr1.sft as sft_module
+from vlmr1.cli import main
+from vlmr1.config import load_config
+from vlmr1.rl.trainer import micro_batches, train
+from vlmr1.sft import sft
+
+REWARD = "def length_reward(completions, **kw):\n    return [float(len(c)) for c in completions]\n"
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reward") / "r.py"
+    path.write_text(REWARD)
+    return path
+
+
+def grpo_config(tiny_dir, reward_file, out, *extra):
+    """2 prompts x 4 completions of <= 8 tokens, 2 steps; ``extra`` overrides come last and win."""
+    return load_config(
+        None,
+        [
+            f"model.path={tiny_dir}",
+            "data.num_train=16",
+            "data.num_eval=8",
+            "train.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_completion_length=8",
+            "train.micro_batch_size=4",
+            "train.steps=2",
+            "train.lr=1e-3",
+            "train.progress=false",
+            f"train.output_dir={out}",
+            f"reward.funcs=[{reward_file}:length_reward]",
+            "reward.weights=null",
+            *extra,
+        ],
+    )
+
+
+def run_counting_loads(module, fn, cfg):
+    """Run ``fn(cfg)``, recording the path of every ``load_adapter`` call made by ``module``."""
+    calls = []
+    real = module.load_adapter
+
+    def counting(path, *args, **kwargs):
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "load_adapter", counting)
+        result = fn(cfg)
+    return result, calls
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_rows(out):
+    """Metric rows of optimizer steps (eval rows share step numbers but carry no loss)."""
+    return [row for row in read_metrics(out) if "loss" in row]
+
+
+def optimizer_steps(ckpt):
+    """AdamW's per-parameter step counter saved in a checkpoint (all parameters agree)."""
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)["optimizer"]["state"]
+    steps = {float(s["step"]) for s in state.values()}
+    assert len(steps) == 1
+    return steps.pop()
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tiny_dir, reward_file, tmp_path_factory):
+    """The main 2-step GRPO run (beta = 0.04, evaluation before and after). Tests must not modify it."""
+    out = tmp_path_factory.mktemp("grpo")
+    summary, loads = run_counting_loads(trainer_module, train, grpo_config(tiny_dir, reward_file, out))
+    return out, summary, loads
+
+
+def test_grpo_logs_finite_losses_for_each_step(grpo_run):
+    out, _, _ = grpo_run
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("loss", "reward", "kl", "grad_norm", "clip_fraction"):
+            assert math.isfinite(row[key]), key
+        assert row["reward_std"] > 0  # the length reward gives advantage signal
+        assert 1 <= row["completion_length"] <= 8
+        assert {"time/gen", "time/reward", "time/ref", "time/update"} <= row.keys()
+    # Step 1 updates from the reference weights, so its KL is zero; step 2 has moved (lr 1e-3).
+    assert abs(rows[0]["kl"]) < 1e-6
+    assert rows[1]["kl"] > 1e-6
+    # Evaluation rows: before training at step 0, after training at the last step.
+    assert any(r["step"] == 0 and "eval/in/acc50" in r for r in read_metrics(out))
+    assert any(r["step"] == 2 and "eval_after/ood/acc50" in r for r in read_metrics(out))
+
+
+def test_grpo_loads_policy_and_reference(grpo_run, tiny_dir):
+    _, _, loads = grpo_run
+    assert loads == [str(tiny_dir), str(tiny_dir)]  # policy, then the frozen reference (beta > 0)
+
+
+def test_grpo_changes_the_weights(grpo_run, tiny_dir):
+    out, _, _ = grpo_run
+    start = load_file(tiny_dir / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    assert start.keys() == final.keys()
+    changed = [k for k in start if not torch.equal(start[k], final[k])]
+    assert changed, "no parameter moved after 2 GRPO steps"
+    assert any(k.startswith("visual.") for k in changed) and any(k.startswith("model.") for k in changed)
+    # final/ is a loadable checkpoint with its processor.
+    assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer.json").exists()
+
+
+def test_grpo_summary_and_checkpoint(grpo_run):
+    out, summary, _ = grpo_run
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    for when in ("before", "after"):
+        assert set(saved[when]) == {"in", "ood"}
+        for split in ("in", "ood"):
+            metrics = saved[when][split]
+            assert metrics["n"] == 8
+            for key in ("acc50", "mean_iou", "format_rate"):
+                assert 0.0 <= metrics[key] <= 1.0
+    ckpt = out / "checkpoint-2"
+    for name in ("model.safetensors", "optimizer.pt", "trainer_state.json", "config.json"):
+        assert (ckpt / name).exists(), name
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 2
+    assert optimizer_steps(ckpt) == 2  # one optimizer step per rollout step (mu = 1)
+    assert load_config(out / "config.yaml").train.steps == 2  # resolved config saved with the run
+
+
+def test_grpo_resume_continues_and_matches_an_uninterrupted_run(grpo_run, tiny_dir, reward_file, tmp_path):
+    out, _, _ = grpo_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)  # leave the shared run untouched
+    extra = ["train.steps=3", "train.eval_after=false"]
+    _, loads = run_counting_loads(
+        trainer_module, train, grpo_config(tiny_dir, reward_file, resumed, *extra, "train.resume=auto")
+    )
+    assert loads == [str(resumed / "checkpoint-2"), str(tiny_dir)]  # policy from the checkpoint, reference from the base
+    rows = train_rows(resumed)
+    assert [r["step"] for r in rows] == [1, 2, 3]  # no duplicates, nothing re-run
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert not any(r["step"] == 0 and "eval/in/acc50" in r for r in read_metrics(resumed)[3:])  # no second eval-before
+    assert json.loads((resumed / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
+    assert optimizer_steps(resumed / "checkpoint-3") == 3  # optimizer state carried over
+
+    # The same 3 steps in one go: same rollouts, same update, same weights.
+    straight = tmp_path / "straight"
+    train(grpo_config(tiny_dir, reward_file, straight, *extra, "train.eval_before=false"))
+    (expected,) = [r for r in train_rows(straight) if r["step"] == 3]
+    for key in ("reward", "reward_std", "completion_length", "loss", "kl", "grad_norm"):
+        assert rows[2][key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+    a = load_file(resumed / "final" / "model.safetensors")
+    b = load_file(straight / "final" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_grpo_beta0_loads_no_reference_and_freezes_vision(tiny_dir, reward_file, tmp_path):
+    cfg = grpo_config(
+        tiny_dir, reward_file, tmp_path, "algo.beta=0", "model.freeze_vision=true", "train.steps=1",
+        "train.eval_before=false", "train.eval_after=false",
+    )  # fmt: skip
+    _, loads = run_counting_loads(trainer_module, train, cfg)
+    assert loads == [str(tiny_dir)]  # the policy only
+    (row,) = train_rows(tmp_path)
+    assert math.isfinite(row["loss"]) and "kl" not in row
+    start = load_file(tiny_dir / "model.safetensors")
+    final = load_file(tmp_path / "final" / "model.safetensors")
+    assert all(torch.equal(start[k], final[k]) for k in start if k.startswith("visual."))
+    assert any(not torch.equal(start[k], final[k]) for k in start if k.startswith("model."))
+
+
+def test_grpo_num_iterations_2_updates_twice_per_rollout(tiny_dir, reward_file, tmp_path):
+    cfg = grpo_config(
+        tiny_dir, reward_file, tmp_path, "algo.num_iterations=2", "train.steps=1",
+        "train.eval_before=false", "train.eval_after=false",
+    )  # fmt: skip
+    train(cfg)
+    (row,) = train_rows(tmp_path)
+    assert math.isfinite(row["loss"]) and math.isfinite(row["kl"])
+    assert row["time/old"] > 0  # old log-probs are computed when mu > 1
+    assert optimizer_steps(tmp_path / "checkpoint-1") == 2  # mu optimizer steps for one rollout
+
+
+def test_micro_batches_are_contiguous_runs():
+    assert micro_batches(list(range(8)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    # A filtered-out group (rows 4-7) splits a chunk: rows_of slices start:stop, so no chunk may span a gap.
+    assert micro_batches([0, 1, 2, 3, 8, 9, 10, 11], 12) == [[0, 1, 2, 3], [8, 9, 10, 11]]
+
+
+GAP_REWARD = (
+    "def gap_reward(completions, **kw):\n"
+    "    # rows 4-7 (the second of three groups) all score 0: zero std, dropped by filter_zero_std\n"
+    "    return [0.0 if 4 <= i < 8 else float(len(c)) for i, c in enumerate(completions)]\n"
+)
+
+
+def test_grpo_filter_zero_std_drops_the_flat_group(tiny_dir, tmp_path):
+    reward = tmp_path / "gap.py"
+    reward.write_text(GAP_REWARD)
+    cfg = grpo_config(
+        tiny_dir, reward, tmp_path / "run", f"reward.funcs=[{reward}:gap_reward]", "algo.filter_zero_std=true",
+        "train.prompts_per_step=3", "train.micro_batch_size=12", "train.steps=1",
+        "train.eval_before=false", "train.eval_after=false",
+    )  # fmt: skip
+    train(cfg)
+    (row,) = train_rows(tmp_path / "run")
+    assert row["zero_std_groups"] == pytest.approx(1 / 3)
+    assert math.isfinite(row["loss"]) and row["grad_norm"] > 0
+    assert optimizer_steps(tmp_path / "run" / "checkpoint-1") == 1
+
+
+def test_sft_loss_is_finite_and_decreases(tiny_dir, tmp_path):
+    # Two training samples and 2 per batch: every step sees the same batch.
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_dir}",
+            "data.num_train=2",
+            "data.num_eval=0",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=2",
+            "train.steps=5",
+            "train.lr=1e-3",
+            "train.progress=false",
+            "train.eval_after=false",
+            f"train.output_dir={tmp_path}",
+        ],
+    )
+    _, loads = run_counting_loads(sft_module, sft, cfg)
+    assert loads == [str(tiny_dir)]
+    losses = [r["loss"] for r in train_rows(tmp_path)]
+    assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
+    # A random init predicts nearly uniformly: mean NLL per answer token ~ ln(vocab size).
+    vocab = len(json.loads((tiny_dir / "tokenizer.json").read_text())["model"]["vocab"])
+    assert losses[0] == pytest.approx(math.log(vocab), abs=0.5)
+    assert losses[-1] < losses[0] - 1.0
+    assert (tmp_path / "final" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["step"] == 5
+
+
+def test_cli_rejects_bad_config_before_loading_anything(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("training started despite an invalid config")
+
+    monkeypatch.setattr(trainer_module, "train", must_not_run)
+    monkeypatch.setattr(trainer_module, "load_adapter", must_not_run)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "rollout.group_size=1"])
+    assert "config error: rollout.group_size must be >= 2" in str(exc.value)
+
+
+@pytest.mark.parametrize("override", ["algo.beta=0.0", "reward.funcs=[iou]", "rollout.temperature=0.7", "rollout.group_size=4"])
+def test_sft_rejects_settings_it_would_ignore(override, tmp_path):
+    from vlmr1.config import ConfigError, load_config
+    from vlmr1.sft import sft
+
+    cfg = load_config(None, [override, f"train.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[0]):
+        sft(cfg)
+    assert not (tmp_path / "config.yaml").exists()  # rejected before the run started
