@@ -54,6 +54,10 @@ class DataConfig:
     """Embedded data only: fewest shapes per generated training image."""
     max_objects: int = 4
     """Embedded data only: most shapes per generated training image."""
+    min_size: int = 16
+    """Embedded data only: smallest shape side in pixels (training data; held-out sets keep 16..40)."""
+    max_size: int = 40
+    """Embedded data only: largest shape side in pixels (training data; held-out sets keep 16..40)."""
 
 
 @dataclass
@@ -270,6 +274,7 @@ def validate(cfg: Config) -> None:
         (t.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.data.num_eval >= 0 and cfg.data.num_train >= 1, "data.num_train must be >= 1 and data.num_eval >= 0"),
         (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),
+        (4 <= cfg.data.min_size <= cfg.data.max_size <= 56, "data.min_size..max_size must lie in [4, 56] pixels"),
     ]
     for ok, message in checks:
         if not ok:

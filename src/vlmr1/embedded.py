@@ -46,7 +46,7 @@ def prepare_data(cfg: Config, out: Path) -> Data:
     d = cfg.data
     if d.train_files == EMBEDDED:
         root = out / "data"
-        train = generate_rec(root, d.num_train, "in", seed=cfg.train.seed, min_objects=d.min_objects, max_objects=d.max_objects, name="train")
+        train = generate_rec(root, d.num_train, "in", seed=cfg.train.seed, min_objects=d.min_objects, max_objects=d.max_objects, name="train", min_size=d.min_size, max_size=d.max_size)
         train_samples = _load(str(train), None, d.on_error)
     else:
         train_samples = _load(d.train_files, d.image_folders, d.on_error)

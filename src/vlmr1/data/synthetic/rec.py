@@ -7,13 +7,21 @@ box ``[x1, y1, x2, y2]`` in absolute integer pixels with ``x2 = x1 + size``
 (exclusive right/bottom edge): the drawn pixels span columns x1 .. x2 - 1.
 
 Splits:
-- ``in``: plain light background, ``min_objects..max_objects`` objects, and the
+- ``in``: a smooth light colour ramp as background, ``min_objects..max_objects`` objects, and the
   HELD_OUT pairs appear nowhere (neither as target nor as distractor), so a
   model trained on ``in`` has never seen them.
 - ``ood``: the target is always a HELD_OUT pair (distractors may be any pair),
   scenes hold two more objects (``min_objects+2 .. max_objects+2``) and the
-  background is textured grey noise. Greyscale noise (R == G == B) can never
-  equal a palette colour, so colour masks stay exact.
+  ramp is overlaid with blocky grey texture and pixel noise.
+
+Why a ramp: Qwen2.5-VL's vision tower has no absolute position embedding, only
+rotary (relative) positions, so a 3M-parameter model has almost no way to tell
+*where* a patch is; trained on flat backgrounds it stayed at chance for 1,100
+steps, ignoring the image. The ramp (red grows left to right, green top to
+bottom) gives every patch its position in its own pixels, as real scenes give
+layout cues. Ramp channels stay in [150, 250] with blue at 200 and the texture
+moves them by at most 65, while every palette colour has a channel far outside
+that range, so the background never equals a palette colour and colour masks stay exact.
 
 Shapes are drawn without anti-aliasing, so every pixel of an object has
 exactly its palette colour. A distractor that finds no free spot after
@@ -51,7 +59,6 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
     ("purple", "circle"),
 )
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT)
-PLAIN_BACKGROUND = (245, 245, 240)
 PROMPT = "<image>Please provide the bounding box coordinate of the region this sentence describes: {query}."
 _SPLIT_CODE = {"in": 0, "ood": 1}
 
@@ -104,14 +111,25 @@ def scene(
     return objects
 
 
+def ramp(image_size: int) -> np.ndarray:
+    """[H, W, 3] int positional colour ramp: R = 150..250 left to right, G = 150..250 top to bottom, B = 200."""
+    axis = 150 + np.round(100 * np.arange(image_size) / max(1, image_size - 1)).astype(np.int64)
+    out = np.empty((image_size, image_size, 3), np.int64)
+    out[:, :, 0] = axis[None, :]
+    out[:, :, 1] = axis[:, None]
+    out[:, :, 2] = 200
+    return out
+
+
 def background(rng: np.random.Generator, image_size: int, kind: Literal["plain", "noise"]) -> np.ndarray:
-    """[H, W, 3] uint8 background: a plain light colour, or grey texture plus pixel noise."""
+    """[H, W, 3] uint8 background: the colour ramp, alone ("plain") or under grey texture and noise ("noise")."""
+    base = ramp(image_size)
     if kind == "plain":
-        return np.broadcast_to(np.array(PLAIN_BACKGROUND, np.uint8), (image_size, image_size, 3)).copy()
+        return base.astype(np.uint8)
     cells = -(-image_size // 8)  # 8x8-pixel blocks of varying grey give texture, pixel noise on top
-    coarse = np.kron(rng.integers(90, 170, (cells, cells)), np.ones((8, 8), np.int64))[:image_size, :image_size]
-    grey = np.clip(coarse + rng.integers(-25, 26, (image_size, image_size)), 0, 255).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)  # R == G == B: never a palette colour
+    coarse = np.kron(rng.integers(-40, 41, (cells, cells)), np.ones((8, 8), np.int64))[:image_size, :image_size]
+    texture = coarse + rng.integers(-25, 26, (image_size, image_size))  # |texture| <= 65, same on all channels
+    return np.clip(base + texture[:, :, None], 0, 255).astype(np.uint8)
 
 
 def render(objects: list[Shape], bg: np.ndarray) -> Image.Image:
