@@ -250,9 +250,10 @@ def test_sft_loss_is_finite_and_decreases(tiny_dir, tmp_path):
     assert loads == [str(tiny_dir)]
     losses = [r["loss"] for r in train_rows(tmp_path)]
     assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
-    # A random init predicts nearly uniformly: mean NLL per answer token ~ ln(vocab size).
+    # A random init knows nothing: its mean NLL per answer token is at least that of a uniform
+    # guess, ln(vocab size) (~6.3), give or take the spread its random logits add (< 1.5 here).
     vocab = len(json.loads((tiny_dir / "tokenizer.json").read_text())["model"]["vocab"])
-    assert losses[0] == pytest.approx(math.log(vocab), abs=0.5)
+    assert math.log(vocab) - 0.5 < losses[0] < math.log(vocab) + 1.5
     assert losses[-1] < losses[0] - 1.0
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["step"] == 5
