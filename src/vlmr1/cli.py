@@ -59,13 +59,16 @@ def cmd_eval(argv: list[str]) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--format-reward", default="box_format", help="reward reported as format rate (e.g. format)")
     p.add_argument("--out", default=None, help="per-sample predictions JSONL (default: predictions.jsonl beside --data)")
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
     adapter = load_adapter(resolve_model_path(a.model))
     samples = load_samples(a.data, a.image_folders).samples[: a.limit]
     out = Path(a.out) if a.out else Path(a.data.split(":")[0]).with_suffix(".predictions.jsonl")
-    metrics = evaluate_rec(adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out)
+    metrics = evaluate_rec(
+        adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out, format_reward=a.format_reward
+    )
     print(f"{'split':<12}{'n':>6}{'acc50':>8}{'mean_iou':>10}{'format':>8}")
     print(f"{Path(a.data).stem:<12}{metrics['n']:>6}{metrics['acc50']:>8.3f}{metrics['mean_iou']:>10.3f}{metrics['format_rate']:>8.3f}")
     print(f"predictions: {out}")

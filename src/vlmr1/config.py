@@ -104,6 +104,8 @@ class RewardConfig:
     """Registered reward names or path/to/file.py:function."""
     weights: list[float] | None = field(default_factory=lambda: [1.0, 0.5, 0.1])
     """One weight per reward (None: all 1)."""
+    eval_format: str = "box_format"
+    """Registered reward reported as format_rate by evaluation (e.g. "format" for <think>/<answer> answers)."""
 
 
 @dataclass
@@ -290,6 +292,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("reward.funcs is empty: GRPO needs at least one reward")
     if weights is not None and len(weights) != len(cfg.reward.funcs):
         raise ConfigError(f"reward.weights has {len(weights)} entries for {len(cfg.reward.funcs)} reward.funcs")
+    from .rewards import get_reward  # resolving names here turns a typo into an error before any model loads
+
+    for name in [*cfg.reward.funcs, cfg.reward.eval_format]:
+        try:
+            get_reward(name)
+        except (ValueError, FileNotFoundError, AttributeError, TypeError, ImportError, SyntaxError) as e:
+            raise ConfigError(f"reward {name!r}: {e}") from None
     if (cfg.data.eval_image_folders is not None) and cfg.data.eval_files is None:
         raise ConfigError("data.eval_image_folders is set but data.eval_files is not")
 

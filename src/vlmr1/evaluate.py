@@ -13,9 +13,6 @@ from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
 from .runtime import make_batch
 
-FORMAT_REWARD = "box_format"
-
-
 def _solution_box(solution: str) -> list[float]:
     box = parse_box(solution)
     if box is None:
@@ -33,9 +30,10 @@ def evaluate_rec(
     max_new_tokens: int = 24,
     predictions: Path | None = None,
     progress=None,
+    format_reward: str = "box_format",
 ) -> dict[str, float]:
     """Greedy Acc@0.5, mean IoU and format rate over ``samples``; optionally one JSON line per sample."""
-    fmt = get_reward(FORMAT_REWARD)
+    fmt = get_reward(format_reward)
     rows = []
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size], task)
@@ -93,6 +91,7 @@ def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[
                 max_new_tokens=cfg.rollout.max_completion_length,
                 predictions=out / "eval" / f"{tag}-{split}.jsonl",
                 progress=bar,
+                format_reward=cfg.reward.eval_format,
             )
     return results
 
