@@ -327,3 +327,30 @@ def test_repetition_penalty_reaches_decoding(tiny_adapter, make_image):
         for t in row:
             assert t not in seen
             seen.add(t)
+
+
+def test_training_logprobs_match_what_generate_sampled_from(tiny_adapter, make_image):
+    """The log-probs GRPO trains on must be those of the distribution generate() sampled from.
+
+    Prompts of different lengths (left padding, up to 6 pad tokens) and with 0, 1 and 2 images:
+    generate's own per-step scores (temperature 1, no warpers) against one forward over
+    prompt + completion, which must agree wherever Qwen's 3-D rotary positions are rebuilt the
+    same way in both paths.
+    """
+    a = tiny_adapter
+    problems = ["the red circle", "the blue square please x x x", "find it", "count"]
+    prompts = a.encode_prompts(problems, _images(make_image))
+    assert (prompts.attention_mask == 0).any(), "the batch must contain left padding"
+    cfg = generation_config(Sampling(max_new_tokens=8, do_sample=True), a.eos_token_ids, a.pad_token_id)
+    cfg.output_scores, cfg.return_dict_in_generate = True, True
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = a.model.generate(
+            input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, **prompts.mm_inputs, generation_config=cfg
+        )
+    ids = out.sequences[:, prompts.input_ids.shape[1] :]
+    mask = completion_mask(ids, a.eos_token_ids)
+    ids = ids.masked_fill(mask == 0, a.pad_token_id)
+    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # [N, Lc, V]
+    expected = sampled.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    close(_logprobs(a, prompts, ids, mask) * mask, expected)
