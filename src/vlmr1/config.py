@@ -66,7 +66,7 @@ class RolloutConfig:
     """G: completions sampled per prompt."""
     max_completion_length: int = 24
     """Most new tokens per completion."""
-    temperature: float = 1.0
+    temperature: float = 0.7
     """Sampling temperature (also applied to the log-probs, so ratios refer to the sampling policy)."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
@@ -114,13 +114,13 @@ class TrainConfig:
     """Run folder (None: a fresh runs/<time> folder)."""
     seed: int = 0
     """Seeds data order, sampling and initialisation."""
-    steps: int = 150
+    steps: int = 220
     """GRPO: rollout steps (each followed by algo.num_iterations optimizer updates); SFT: batches."""
-    prompts_per_step: int = 8
+    prompts_per_step: int = 16
     """Prompts per rollout per process (GRPO); samples per batch per process (SFT)."""
     micro_batch_size: int = 64
     """Sequences per forward/backward (gradient accumulation over the rest)."""
-    lr: float = 1e-5
+    lr: float = 1e-4
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
