@@ -145,7 +145,7 @@ INVALID = [
     (["data.num_eval=-1"], "data.num_eval >= 0"),
     (["data.min_objects=0"], "data.min_objects must be in [1, data.max_objects]"),
     (["data.min_objects=5", "data.max_objects=4"], "data.min_objects must be in [1, data.max_objects]"),
-    (["train.micro_batch_size=3"], "train.micro_batch_size=3 must divide the rollout batch prompts_per_step * group_size = 64"),
+    (["train.prompts_per_step=8", "train.micro_batch_size=3"], "train.micro_batch_size=3 must divide the rollout batch prompts_per_step * group_size = 64"),
     (
         ["train.prompts_per_step=3", "rollout.group_size=4", "train.micro_batch_size=8"],
         "must divide the rollout batch prompts_per_step * group_size = 12",
