@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import vlmr1.models.adapter as adapter_module
 import vlmr1.rl.trainer as trainer_module
-import vlmr1.sft as sft_module
 from vlmr1.cli import main
 from vlmr1.config import load_config
 from vlmr1.rl.trainer import micro_batches, train
@@ -52,17 +52,17 @@ def grpo_config(tiny_dir, reward_file, out, *extra):
     )
 
 
-def run_counting_loads(module, fn, cfg):
-    """Run ``fn(cfg)``, recording the path of every ``load_adapter`` call made by ``module``."""
+def run_counting_loads(fn, cfg):
+    """Run ``fn(cfg)``, recording the path of every model loaded (every ``load_adapter`` call)."""
     calls = []
-    real = module.load_adapter
+    real = adapter_module.load_adapter
 
     def counting(path, *args, **kwargs):
         calls.append(str(path))
         return real(path, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(module, "load_adapter", counting)
+        mp.setattr(adapter_module, "load_adapter", counting)
         result = fn(cfg)
     return result, calls
 
@@ -88,7 +88,7 @@ def optimizer_steps(ckpt):
 def grpo_run(tiny_dir, reward_file, tmp_path_factory):
     """The main 2-step GRPO run (beta = 0.04, evaluation before and after). Tests must not modify it."""
     out = tmp_path_factory.mktemp("grpo")
-    summary, loads = run_counting_loads(trainer_module, train, grpo_config(tiny_dir, reward_file, out))
+    summary, loads = run_counting_loads(train, grpo_config(tiny_dir, reward_file, out))
     return out, summary, loads
 
 
@@ -152,7 +152,7 @@ def test_grpo_resume_continues_and_matches_an_uninterrupted_run(grpo_run, tiny_d
     shutil.copytree(out, resumed)  # leave the shared run untouched
     extra = ["train.steps=3", "train.eval_after=false"]
     _, loads = run_counting_loads(
-        trainer_module, train, grpo_config(tiny_dir, reward_file, resumed, *extra, "train.resume=auto")
+        train, grpo_config(tiny_dir, reward_file, resumed, *extra, "train.resume=auto")
     )
     assert loads == [str(resumed / "checkpoint-2"), str(tiny_dir)]  # policy from the checkpoint, reference from the base
     rows = train_rows(resumed)
@@ -179,7 +179,7 @@ def test_grpo_beta0_loads_no_reference_and_freezes_vision(tiny_dir, reward_file,
         tiny_dir, reward_file, tmp_path, "algo.beta=0", "model.freeze_vision=true", "train.steps=1",
         "train.eval_before=false", "train.eval_after=false",
     )  # fmt: skip
-    _, loads = run_counting_loads(trainer_module, train, cfg)
+    _, loads = run_counting_loads(train, cfg)
     assert loads == [str(tiny_dir)]  # the policy only
     (row,) = train_rows(tmp_path)
     assert math.isfinite(row["loss"]) and "kl" not in row
@@ -246,7 +246,7 @@ def test_sft_loss_is_finite_and_decreases(tiny_dir, tmp_path):
             f"train.output_dir={tmp_path}",
         ],
     )
-    _, loads = run_counting_loads(sft_module, sft, cfg)
+    _, loads = run_counting_loads(sft, cfg)
     assert loads == [str(tiny_dir)]
     losses = [r["loss"] for r in train_rows(tmp_path)]
     assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
@@ -264,7 +264,7 @@ def test_cli_rejects_bad_config_before_loading_anything(monkeypatch):
         raise AssertionError("training started despite an invalid config")
 
     monkeypatch.setattr(trainer_module, "train", must_not_run)
-    monkeypatch.setattr(trainer_module, "load_adapter", must_not_run)
+    monkeypatch.setattr(adapter_module, "load_adapter", must_not_run)
     with pytest.raises(SystemExit) as exc:
         main(["train", "rollout.group_size=1"])
     assert "config error: rollout.group_size must be >= 2" in str(exc.value)

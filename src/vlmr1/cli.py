@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,16 +22,13 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return yaml_path, overrides
 
 
-def _print_summary(summary: dict) -> None:
-    print(json.dumps(summary, indent=2))
-
-
 def cmd_train(args: list[str]) -> None:
     from .config import load_config
     from .rl.trainer import train
 
     cfg = load_config(*_split_config_args(args))
-    _print_summary(train(cfg))
+    train(cfg)  # prints the before/after table; everything else is in the run folder
+    print(f"summary: {cfg.train.output_dir}/summary.json")
 
 
 def cmd_sft(args: list[str]) -> None:
@@ -40,7 +36,8 @@ def cmd_sft(args: list[str]) -> None:
     from .sft import sft
 
     cfg = load_config(*_split_config_args(args))
-    _print_summary(sft(cfg))
+    sft(cfg)
+    print(f"summary: {cfg.train.output_dir}/summary.json")
 
 
 def cmd_eval(argv: list[str]) -> None:

@@ -99,3 +99,16 @@ def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[
 def flat_metrics(results: dict[str, dict[str, float]], prefix: str = "eval") -> dict[str, float]:
     """{"in": {"acc50": ..}} -> {"eval/in/acc50": ..} for the metrics log."""
     return {f"{prefix}/{split}/{k}": v for split, m in results.items() for k, v in m.items() if k != "n"}
+
+
+def print_table(summary: dict) -> None:
+    before, after = summary.get("before", {}), summary.get("after", {})
+    if not (before or after):
+        return
+    print(f"\n{'split':<8}{'metric':<12}{'before':>9}{'after':>9}{'change':>9}")
+    for split in sorted(set(before) | set(after)):
+        for metric in ("acc50", "mean_iou", "format_rate"):
+            b, a_ = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
+            fmt = lambda v: f"{v:>9.3f}" if v is not None else f"{'-':>9}"  # noqa: E731
+            delta = f"{a_ - b:>+9.3f}" if b is not None and a_ is not None else f"{'-':>9}"
+            print(f"{split:<8}{metric:<12}{fmt(b)}{fmt(a_)}{delta}")

@@ -23,6 +23,22 @@ STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(cfg: Config, path, trainable: bool = True):
+    """The adapter for ``path`` with the config's dtype and image size; vision frozen if asked."""
+    from .models.adapter import load_adapter
+
+    adapter = load_adapter(path, dtype=DTYPES[cfg.model.dtype], min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    if not trainable:
+        adapter.model.eval().requires_grad_(False)
+    elif cfg.model.freeze_vision:
+        for p in adapter.vision_parameters():
+            p.requires_grad_(False)
+    return adapter
+
+
 def make_run_dir(cfg: Config, kind: str) -> Path:
     if cfg.train.output_dir is None:
         cfg.train.output_dir = str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
 from .embedded import prepare_data, resolve_model_path
-from .models.adapter import load_adapter
 from .rl.algos import completion_mask, masked_mean
 from .rl.logprobs import completion_logprobs
 from .runtime import (
@@ -18,6 +17,7 @@ from .runtime import (
     MetricsLogger,
     Timers,
     build_optimizer,
+    load_model,
     load_trainer_state,
     make_batch,
     make_run_dir,
@@ -27,10 +27,7 @@ from .runtime import (
     seed_everything,
     write_json,
 )
-from .evaluate import flat_metrics, run_evals
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from .evaluate import flat_metrics, print_table, run_evals
 
 def sft_loss(model, adapter, batch) -> torch.Tensor:
     """Mean negative log-likelihood per answer token (answer + EOS), prompt tokens excluded."""
@@ -61,15 +58,7 @@ def sft(cfg: Config) -> dict:
     seed_everything(cfg.train.seed)
     data = prepare_data(cfg, out)
     resume = resolve_resume(cfg, out)
-    adapter = load_adapter(
-        resume or resolve_model_path(cfg.model.path, out),
-        dtype=DTYPES[cfg.model.dtype],
-        min_pixels=cfg.model.min_pixels,
-        max_pixels=cfg.model.max_pixels,
-    )
-    if cfg.model.freeze_vision:
-        for p in adapter.vision_parameters():
-            p.requires_grad_(False)
+    adapter = load_model(cfg, resume or resolve_model_path(cfg.model.path, out))
     optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], cfg.train)
     model, optimizer = accelerator.prepare(adapter.model, optimizer)
     start = 0
@@ -122,5 +111,6 @@ def sft(cfg: Config) -> dict:
             summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
             logger.log(cfg.train.steps, flat_metrics(summary["after"], "eval_after"))
         write_json(out / "summary.json", summary)
+        print_table(summary)
     logger.close()
     return summary

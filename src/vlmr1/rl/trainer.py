@@ -17,14 +17,15 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..embedded import prepare_data, resolve_model_path
-from ..evaluate import flat_metrics, run_evals
-from ..models.adapter import PromptBatch, load_adapter
+from ..evaluate import flat_metrics, print_table, run_evals
+from ..models.adapter import PromptBatch
 from ..rewards import compute_rewards, get_reward
 from ..runtime import (
     DataOrder,
     MetricsLogger,
     Timers,
     build_optimizer,
+    load_model,
     load_trainer_state,
     make_batch,
     make_run_dir,
@@ -34,14 +35,9 @@ from ..runtime import (
     seed_everything,
     write_json,
 )
-from ..sft import DTYPES
 from . import algos
 from .logprobs import completion_logprobs
 from .rollout import Rollout, Sampling, generate
-
-
-def _load(cfg: Config, path):
-    return load_adapter(path, dtype=DTYPES[cfg.model.dtype], min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
 
 
 def micro_batches(rows: list[int], size: int) -> list[list[int]]:
@@ -85,13 +81,10 @@ def train(cfg: Config) -> dict:
     reward_funcs = {name: get_reward(name) for name in cfg.reward.funcs}
     resume = resolve_resume(cfg, out)
     base_path = resolve_model_path(cfg.model.path, out)
-    policy = _load(cfg, resume or base_path)
-    if cfg.model.freeze_vision:
-        for p in policy.vision_parameters():
-            p.requires_grad_(False)
+    policy = load_model(cfg, resume or base_path)
     # beta = 0 loads no reference model. The reference is always the starting checkpoint,
     # also after a resume, and it is the same class as the policy.
-    ref_model = _load(cfg, base_path).model.eval().requires_grad_(False) if a.beta > 0 else None
+    ref_model = load_model(cfg, base_path, trainable=False).model if a.beta > 0 else None
     optimizer, scheduler = build_optimizer([p for p in policy.model.parameters() if p.requires_grad], t)
     model, optimizer = accelerator.prepare(policy.model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -210,15 +203,3 @@ def train(cfg: Config) -> dict:
     logger.close()
     return summary
 
-
-def print_table(summary: dict) -> None:
-    before, after = summary.get("before", {}), summary.get("after", {})
-    if not (before or after):
-        return
-    print(f"\n{'split':<8}{'metric':<12}{'before':>9}{'after':>9}{'change':>9}")
-    for split in sorted(set(before) | set(after)):
-        for metric in ("acc50", "mean_iou", "format_rate"):
-            b, a_ = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
-            fmt = lambda v: f"{v:>9.3f}" if v is not None else f"{'-':>9}"  # noqa: E731
-            delta = f"{a_ - b:>+9.3f}" if b is not None and a_ is not None else f"{'-':>9}"
-            print(f"{split:<8}{metric:<12}{fmt(b)}{fmt(a_)}{delta}")
