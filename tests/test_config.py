@@ -152,6 +152,7 @@ INVALID = [
     ),
     (["reward.weights=[1.0]"], "reward.weights has 1 entries for 3 reward.funcs"),
     (["reward.funcs=[iou]"], "reward.weights has 3 entries for 1 reward.funcs"),
+    (["reward.funcs=[iou, iou]", "reward.weights=null"], "reward.funcs names a reward twice"),
     (["reward.funcs=[]", "reward.weights=null"], "reward.funcs is empty"),
     (["data.eval_image_folders=imgs"], "data.eval_image_folders is set but data.eval_files is not"),
 ]

@@ -290,6 +290,8 @@ def validate(cfg: Config) -> None:
     weights = cfg.reward.weights
     if not cfg.reward.funcs:
         raise ConfigError("reward.funcs is empty: GRPO needs at least one reward")
+    if len(set(cfg.reward.funcs)) != len(cfg.reward.funcs):
+        raise ConfigError(f"reward.funcs names a reward twice: {cfg.reward.funcs} (use its weight instead)")
     if weights is not None and len(weights) != len(cfg.reward.funcs):
         raise ConfigError(f"reward.weights has {len(weights)} entries for {len(cfg.reward.funcs)} reward.funcs")
     from .rewards import get_reward  # resolving names here turns a typo into an error before any model loads
