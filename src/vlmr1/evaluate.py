@@ -8,16 +8,10 @@ from pathlib import Path
 import torch
 
 from .data.jsonl import Sample
-from .rewards.grounding import IOU_THRESHOLD, iou, parse_box, scale_box
+from .rewards.grounding import IOU_THRESHOLD, iou, pred_and_truth
 from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
 from .runtime import make_batch
-
-def _solution_box(solution: str) -> list[float]:
-    box = parse_box(solution)
-    if box is None:
-        raise ValueError(f"solution {solution!r} holds no box")
-    return box
 
 
 @torch.no_grad()
@@ -40,12 +34,14 @@ def evaluate_rec(
         prompts = adapter.encode_prompts(batch.problems, batch.images)
         out = generate(model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False))
         formats = fmt(out.texts)
-        for i, text in enumerate(out.texts):
-            truth = _solution_box(batch.samples[i].solution)
-            pred = parse_box(text)
-            if pred is not None and prompts.input_sizes[i]:
-                # The model answers in pixels of its resized input; score in the original image.
-                pred = scale_box(pred, prompts.input_sizes[i][0], batch.images[i][0].size)
+        # The model answers in pixels of its resized input; boxes are scored in the original image.
+        pairs = pred_and_truth(
+            out.texts,
+            [smp.solution for smp in batch.samples],
+            image_size=batch.columns["image_size"],
+            input_size=[sizes[0] if sizes else None for sizes in prompts.input_sizes],
+        )
+        for i, (text, (pred, truth)) in enumerate(zip(out.texts, pairs)):
             score = iou(pred, truth) if pred is not None else 0.0
             rows.append(
                 {

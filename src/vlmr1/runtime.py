@@ -115,6 +115,13 @@ class DataOrder:
 
     def __init__(self, n: int, seed: int, per_rank: int, world: int = 1, rank: int = 0):
         self.n, self.seed, self.per_rank, self.world, self.rank = n, seed, per_rank, world, rank
+        self._epoch, self._perm = -1, np.empty(0, np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        # A batch spans at most two epochs, so keeping the last permutation avoids recomputing it per sample.
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perm
 
     def indices(self, step: int) -> list[int]:
         size = self.per_rank * self.world
@@ -122,8 +129,7 @@ class DataOrder:
         out = []
         for pos in range(start, start + self.per_rank):
             epoch, offset = divmod(pos, self.n)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            out.append(int(perm[offset]))
+            out.append(int(self._permutation(epoch)[offset]))
         return out
 
 
@@ -171,6 +177,28 @@ def build_optimizer(params, t: TrainConfig) -> tuple[torch.optim.Optimizer, torc
         return 1.0
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> float:
+    """Clip (0 = no clipping), step, advance the schedule, clear gradients; returns the pre-clip norm."""
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def finish_run(cfg: Config, out: Path, adapter, model, optimizer, scheduler, data, logger: MetricsLogger, summary: dict) -> None:
+    """Rank 0 at the end of SFT or GRPO: final checkpoint and model, held-out evaluation, summary."""
+    from .evaluate import flat_metrics, print_table, run_evals  # evaluate imports this module
+
+    save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler)
+    adapter.save(out / "final")
+    if cfg.train.eval_after and data.evals:
+        summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
+        logger.log(cfg.train.steps, flat_metrics(summary["after"], "eval_after"))
+    write_json(out / "summary.json", summary)
+    print_table(summary)
 
 
 def save_checkpoint(out: Path, step: int, adapter, optimizer, scheduler, extra: dict | None = None) -> Path:

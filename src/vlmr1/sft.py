@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
 from .embedded import prepare_data, resolve_model_path
+from .evaluate import flat_metrics, run_evals
 from .rl.algos import completion_mask, masked_mean
 from .rl.logprobs import completion_logprobs
 from .runtime import (
@@ -17,17 +16,18 @@ from .runtime import (
     MetricsLogger,
     Timers,
     build_optimizer,
+    finish_run,
     load_model,
     load_trainer_state,
     make_batch,
     make_run_dir,
+    optimizer_step,
     resolve_resume,
     save_checkpoint,
     save_config,
     seed_everything,
-    write_json,
 )
-from .evaluate import flat_metrics, print_table, run_evals
+
 
 def sft_loss(model, adapter, batch) -> torch.Tensor:
     """Mean negative log-likelihood per answer token (answer + EOS), prompt tokens excluded."""
@@ -87,16 +87,11 @@ def sft(cfg: Config) -> dict:
                 loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
                 accelerator.backward(loss)
                 total += loss.item()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or math.inf)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(accelerator, model, optimizer, scheduler, cfg.train.max_grad_norm)
         if (step + 1) % cfg.train.log_every == 0:
-            logger.log(step + 1, {"loss": total, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], **timers.pop()})
+            logger.log(step + 1, {"loss": total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], **timers.pop()})
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and main:
-            model.eval()
             logger.log(step + 1, flat_metrics(run_evals(cfg, model, adapter, data, out, f"step{step + 1}")))
-            model.train()
         if main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
             save_checkpoint(out, step + 1, adapter, optimizer, scheduler)
         bar.update(1)
@@ -104,13 +99,6 @@ def sft(cfg: Config) -> dict:
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler)
-        adapter.save(out / "final")
-        if cfg.train.eval_after and data.evals:
-            model.eval()
-            summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
-            logger.log(cfg.train.steps, flat_metrics(summary["after"], "eval_after"))
-        write_json(out / "summary.json", summary)
-        print_table(summary)
+        finish_run(cfg, out, adapter, model, optimizer, scheduler, data, logger, summary)
     logger.close()
     return summary

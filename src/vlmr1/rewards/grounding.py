@@ -109,7 +109,7 @@ def _solution_box(sol, index: int) -> Box:
     return box
 
 
-def _pred_and_truth(completions: list[str], solution: list, image_size=None, input_size=None):
+def pred_and_truth(completions: list[str], solution: list, image_size=None, input_size=None):
     """Per sample: (predicted box in original pixels or None, ground-truth box)."""
     out = []
     for i, (text, sol) in enumerate(zip(completions, solution, strict=True)):
@@ -126,14 +126,14 @@ def _pred_and_truth(completions: list[str], solution: list, image_size=None, inp
 @register("iou")
 def iou_reward(completions: list[str], solution: list, image_size=None, input_size=None, **_) -> list[float]:
     """Continuous IoU between the predicted and the true box; 0 when no box parses."""
-    pairs = _pred_and_truth(completions, solution, image_size, input_size)
+    pairs = pred_and_truth(completions, solution, image_size, input_size)
     return [iou(p, g) if p is not None else 0.0 for p, g in pairs]
 
 
 @register("acc50", "rec_acc")
 def acc50_reward(completions: list[str], solution: list, image_size=None, input_size=None, **_) -> list[float]:
     """1.0 if IoU >= IOU_THRESHOLD (Acc@0.5), else 0.0."""
-    pairs = _pred_and_truth(completions, solution, image_size, input_size)
+    pairs = pred_and_truth(completions, solution, image_size, input_size)
     return [float(p is not None and iou(p, g) >= IOU_THRESHOLD) for p, g in pairs]
 
 
@@ -143,7 +143,7 @@ def acc50_tight_reward(completions: list[str], solution: list, image_size=None, 
 
     A hit that does not pay for oversized hedging boxes.
     """
-    pairs = _pred_and_truth(completions, solution, image_size, input_size)
+    pairs = pred_and_truth(completions, solution, image_size, input_size)
     return [
         float(p is not None and iou(p, g) >= IOU_THRESHOLD and box_area(p) <= AREA_RATIO_MAX * box_area(g))
         for p, g in pairs

@@ -7,7 +7,6 @@ The loss math lives in ``algos`` (pure functions); this file only moves tensors 
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..embedded import prepare_data, resolve_model_path
-from ..evaluate import flat_metrics, print_table, run_evals
+from ..evaluate import flat_metrics, run_evals
 from ..models.adapter import PromptBatch
 from ..rewards import compute_rewards, get_reward
 from ..runtime import (
@@ -25,15 +24,16 @@ from ..runtime import (
     MetricsLogger,
     Timers,
     build_optimizer,
+    finish_run,
     load_model,
     load_trainer_state,
     make_batch,
     make_run_dir,
+    optimizer_step,
     resolve_resume,
     save_checkpoint,
     save_config,
     seed_everything,
-    write_json,
 )
 from . import algos
 from .logprobs import completion_logprobs
@@ -162,11 +162,7 @@ def train(cfg: Config) -> dict:
                     stats["clip_fraction"].append(res.clip_fraction.item())
                     if res.kl is not None:
                         stats["kl"].append(res.kl.item())
-                norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
-                stats["grad_norm"].append(float(norm))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                stats["grad_norm"].append(optimizer_step(accelerator, model, optimizer, scheduler, t.max_grad_norm))
         # 6. Log and save.
         if (step + 1) % t.log_every == 0:
             lengths = mask.sum(1).float()
@@ -193,13 +189,7 @@ def train(cfg: Config) -> dict:
     accelerator.wait_for_everyone()
     summary["train_seconds"] = time.perf_counter() - wall
     if main:
-        save_checkpoint(out, t.steps, policy, optimizer, scheduler)
-        policy.save(out / "final")
-        if t.eval_after and data.evals:
-            summary["after"] = run_evals(cfg, unwrapped, policy, data, out, "after")
-            logger.log(t.steps, flat_metrics(summary["after"], "eval_after"))
-        write_json(out / "summary.json", summary)
-        print_table(summary)
+        finish_run(cfg, out, policy, unwrapped, optimizer, scheduler, data, logger, summary)
     logger.close()
     return summary
 
