@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .processing import QwenImageOnlyProcessor, load_qwen_processor, save_qwen_processor
+from .processing import QwenImageOnlyProcessor, save_qwen_processor
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -164,7 +164,3 @@ def build_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     processor = QwenImageOnlyProcessor(build_image_processor(), tokenizer, chat_template=CHAT_TEMPLATE)
     save_qwen_processor(processor, out_dir)
     return out_dir
-
-
-def load_tiny_processor(path: str | Path):
-    return load_qwen_processor(path)
