@@ -106,7 +106,7 @@ def test_good_row_fields(folder):
     assert s == Sample(
         id="s1",
         images=[str(folder / "img.png"), str(folder / "b.png")],
-        problem="Compare  these.",
+        problem="<image>Compare <image> these.",  # placeholders kept: the adapter puts each image there
         solution="yes",
         reward_method="rec",
         extra={"solution_extra": {"boxes": [[1, 2, 3, 4]]}, "task": "rec"},

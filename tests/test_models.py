@@ -2,6 +2,7 @@
 log-probs and rollouts. Everything runs on the session's tiny random model (conftest.py)."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from vlmr1.models.processing import QwenImageOnlyProcessor, load_qwen_processor
 from vlmr1.models.qwen_vl import QwenVLAdapter
 from vlmr1.models.tiny import CHAT_TEMPLATE, build_config, build_image_processor, build_tokenizer
 from vlmr1.rl.algos import completion_mask
-from vlmr1.rl.logprobs import completion_logprobs
+from vlmr1.rl.logprobs import completion_logprobs, selective_log_softmax
 from vlmr1.rl.rollout import Sampling, generate, generation_config
 
 ATOL = 1e-5
@@ -56,6 +57,42 @@ def test_chat_template_places_images_and_generation_prompt(tiny_adapter):
     assert closed.endswith("Where is the red circle?<|im_end|>\n")
     two = proc.apply_chat_template(tiny_adapter.messages("Compare.", 2), add_generation_prompt=True, tokenize=False)
     assert f"<|im_start|>user\n{VISION}{VISION}Compare.<|im_end|>" in two
+
+
+@pytest.mark.parametrize(
+    "problem, n, expected",
+    [
+        # No placeholder: images first (VLM-R1's layout).
+        ("Compare.", 2, "{V}{V}Compare."),
+        # Placeholders: each image where the conversation puts it, surrounding text verbatim.
+        ("Before: <image> After: <image> Which?", 2, "Before: {V} After: {V} Which?"),
+        ("<image>Where is it?", 1, "{V}Where is it?"),
+        ("Look<image>", 1, "Look{V}"),
+        ("<image><image>Same?", 2, "{V}{V}Same?"),
+    ],
+)
+def test_images_go_where_the_conversation_puts_them(tiny_adapter, problem, n, expected):
+    text = tiny_adapter.processor.apply_chat_template(tiny_adapter.messages(problem, n), add_generation_prompt=True, tokenize=False)
+    assert f"<|im_start|>user\n{expected.replace('{V}', VISION)}<|im_end|>" in text
+
+
+def test_placeholder_count_must_match_images(tiny_adapter):
+    with pytest.raises(ValueError, match="1 <image> placeholders for 2 images"):
+        tiny_adapter.messages("Before: <image> after?", 2)
+
+
+def test_in_place_images_reach_the_model_in_order(tiny_adapter, make_image):
+    # Two different images: swapping them in the placeholders must change the pixel order the
+    # vision tower sees, i.e. the image tokens after "Before:" are the first image's.
+    a, b = make_image(1), make_image(2)
+    ids_ab = tiny_adapter.encode_prompts(["Before: <image> After: <image> Same?"], [[a, b]])
+    ids_ba = tiny_adapter.encode_prompts(["Before: <image> After: <image> Same?"], [[b, a]])
+    assert torch.equal(ids_ab.input_ids, ids_ba.input_ids)  # same token layout
+    n = ids_ab.mm_inputs["pixel_values"].shape[0] // 2
+    assert torch.equal(ids_ab.mm_inputs["pixel_values"][:n], ids_ba.mm_inputs["pixel_values"][n:])
+    tok = tiny_adapter.tokenizer
+    text = tok.decode(ids_ab.input_ids[0])
+    assert text.index("Before:") < text.index("<|vision_start|>") < text.index("After:") < text.rindex("<|vision_start|>")
 
 
 # ---------------------------------------------------------------- save / load
@@ -232,6 +269,29 @@ def test_top_k_0_samples_the_whole_vocabulary(tiny_adapter, monkeypatch):
     assert out.completion_ids[:, 0].unique().numel() > 100
 
 
+def test_completions_never_hold_image_placeholder_tokens(tiny_adapter):
+    # An <|image_pad|> sampled into a completion would make the next forward fail ("image
+    # features and image tokens do not match"). Near-uniform sampling (temperature 100) over the
+    # ~550-token vocabulary draws each token ~1600/550 ~ 3 times in 1,600 draws, so without the
+    # suppression the four vision tokens would show up ~12 times.
+    a = tiny_adapter
+    banned = a.suppressed_token_ids
+    assert a.model.config.image_token_id in banned and len(banned) == 4
+    prompts = a.repeat_prompts(a.encode_prompts(["Count the shapes."], [[]]), 200)
+    torch.manual_seed(0)
+    out = generate(a.model, a, prompts, Sampling(max_new_tokens=8, do_sample=True, temperature=100.0))
+    assert not torch.isin(out.completion_ids, torch.tensor(banned)).any()
+
+
+def test_suppressed_tokens_leave_the_log_softmax():
+    # Suppressing tokens renormalises over the rest: log p(t) = logit_t - logsumexp(other logits).
+    logits = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])  # [1, 1, V=4]
+    ids = torch.tensor([[1]])
+    out = selective_log_softmax(logits, ids, suppress=torch.tensor([3]))
+    expected = 2.0 - math.log(math.e**1 + math.e**2 + math.e**3)
+    assert out.item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_tokens_after_first_eos_become_masked_padding(tiny_adapter):
     """Post-processing of generate's output, on fixed model output (rows that run past their EOS)."""
     tok = tiny_adapter.tokenizer
@@ -259,7 +319,7 @@ def test_tokens_after_first_eos_become_masked_padding(tiny_adapter):
             return torch.cat([input_ids, raw], dim=1)
 
     model = FixedModel()
-    adapter = SimpleNamespace(eos_token_ids=[EOS], pad_token_id=PAD, tokenizer=tok)
+    adapter = SimpleNamespace(eos_token_ids=[EOS], pad_token_id=PAD, tokenizer=tok, suppressed_token_ids=[])
     prompts = PromptBatch(torch.full((3, 4), 7), torch.ones(3, 4, dtype=torch.long), {})
     out = generate(model, adapter, prompts, Sampling(max_new_tokens=5))
     assert model.training  # training mode restored
@@ -284,7 +344,7 @@ def test_generate_stops_rows_at_their_first_eos(tiny_adapter, make_image):
     p = 3
     stop = greedy[0, p].item()
     assert stop not in greedy[0, :p].tolist()
-    adapter = SimpleNamespace(eos_token_ids=a.eos_token_ids + [stop], pad_token_id=a.pad_token_id, tokenizer=a.tokenizer)
+    adapter = SimpleNamespace(eos_token_ids=a.eos_token_ids + [stop], pad_token_id=a.pad_token_id, tokenizer=a.tokenizer, suppressed_token_ids=a.suppressed_token_ids)
     out = generate(a.model, adapter, prompts, sampling)
     for r in range(len(prompts)):
         ref = greedy[r].tolist()

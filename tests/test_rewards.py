@@ -266,6 +266,16 @@ def test_compute_rewards_names_a_raising_reward():
     assert isinstance(info.value.__cause__, KeyError)
 
 
+def test_compute_rewards_names_the_sample_a_reward_fails_on():
+    # The reward chokes only on the second row's solution; the error names that row's sample id.
+    def picky(completions, solution, **_):
+        return [float(int(s)) for s in solution]
+
+    cols = {"solution": ["1", "x", "2"], "sample_id": ["a", "b", "c"]}
+    with pytest.raises(RewardFunctionError, match=r"'picky' raised ValueError on sample 'b' \(row 1\)"):
+        compute_rewards({"picky": picky}, None, ["p", "q", "r"], cols)
+
+
 def test_compute_rewards_validates_shapes():
     with pytest.raises(ValueError, match="2 reward weights for 1 rewards"):
         compute_rewards({"a": _const([1])}, [1.0, 2.0], ["x"], {})

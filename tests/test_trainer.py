@@ -279,3 +279,83 @@ def test_sft_rejects_settings_it_would_ignore(override, tmp_path):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[0]):
         sft(cfg)
     assert not (tmp_path / "config.yaml").exists()  # rejected before the run started
+
+
+def test_model_rewards_use_the_variant_the_adapter_names(tiny_dir, reward_file, tmp_path, monkeypatch):
+    # The adapter names a variant for the configured reward (here: a constant 0 in place of the
+    # length reward). With reward.model_rewards on, the variant scores the rollouts, but it is
+    # logged under the configured name; with it off the configured reward is used.
+    variant = tmp_path / "variant.py"
+    variant.write_text("def zero(completions, **kw):\n    return [0.0] * len(completions)\n")
+    spec = f"{reward_file}:length_reward"
+    from vlmr1.models.qwen_vl import QwenVLAdapter
+
+    monkeypatch.setattr(QwenVLAdapter, "reward_overrides", {spec: f"{variant}:zero"})
+    for on in (True, False):
+        out = tmp_path / f"on{on}"
+        train(grpo_config(tiny_dir, reward_file, out, "train.steps=1", "train.eval_before=false", "train.eval_after=false", f"reward.model_rewards={str(on).lower()}"))
+        (row,) = train_rows(out)
+        assert (row["rewards/length_reward"] == 0.0) == on
+
+
+def _nan_loss_on(calls_to_poison: set[int], monkeypatch):
+    """Make the policy loss NaN on the given (0-based) calls; other calls are untouched."""
+    import dataclasses
+
+    from vlmr1.rl import algos
+
+    real, calls = algos.policy_loss, []
+
+    def poisoned(*args, **kwargs):
+        res = real(*args, **kwargs)
+        calls.append(len(calls))
+        return dataclasses.replace(res, loss=res.loss * math.nan) if calls[-1] in calls_to_poison else res
+
+    monkeypatch.setattr(algos, "policy_loss", poisoned)
+
+
+def test_nonfinite_loss_skips_the_step_and_counts_it(tiny_dir, reward_file, tmp_path, monkeypatch):
+    # 3 steps of two micro-batches (8 rows, micro_batch_size 4): policy_loss calls 2 and 3 are
+    # step 2, whose loss becomes NaN. That update is skipped (weights after step 2 equal those
+    # after step 1, not NaN), counted, and training goes on to step 3.
+    _nan_loss_on({3}, monkeypatch)
+    out = tmp_path / "run"
+    cfg = grpo_config(tiny_dir, reward_file, out, "train.steps=3", "train.save_every=1", "train.eval_before=false", "train.eval_after=false")
+    train(cfg)
+    rows = train_rows(out)
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
+    w1, w2, w3 = (load_file(out / f"checkpoint-{k}" / "model.safetensors") for k in (1, 2, 3))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert all(torch.isfinite(v).all() for v in w3.values()) and any(not torch.equal(w2[k], w3[k]) for k in w2)
+    assert optimizer_steps(out / "checkpoint-3") == 2.0  # AdamW stepped twice, not three times
+
+
+def test_too_many_nonfinite_steps_stop_with_a_checkpoint(tiny_dir, reward_file, tmp_path, monkeypatch):
+    from vlmr1.runtime import NonFiniteError
+
+    _nan_loss_on(set(range(100)), monkeypatch)  # every step NaN
+    out = tmp_path / "run"
+    cfg = grpo_config(tiny_dir, reward_file, out, "train.steps=5", "train.max_nonfinite_steps=1", "train.eval_before=false")
+    with pytest.raises(NonFiniteError, match=r"2 optimizer steps in a row .* step 2.*max_nonfinite_steps=1"):
+        train(cfg)
+    ckpt = out / "checkpoint-2"
+    start, kept = load_file(tiny_dir / "model.safetensors"), load_file(ckpt / "model.safetensors")
+    assert all(torch.equal(start[k], kept[k]) for k in start)  # no NaN reached the weights
+    assert json.loads((ckpt / "trainer_state.json").read_text())["skipped_steps"] == 2
+
+
+def test_keep_last_deletes_old_checkpoints(tiny_dir, reward_file, tmp_path):
+    out = tmp_path / "run"
+    cfg = grpo_config(tiny_dir, reward_file, out, "train.steps=3", "train.save_every=1", "train.keep_last=2", "train.eval_before=false", "train.eval_after=false")
+    train(cfg)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_gpu_out_of_memory_names_the_settings_to_lower(tiny_dir, reward_file, tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "generate", oom)
+    cfg = grpo_config(tiny_dir, reward_file, tmp_path / "run", "train.eval_before=false")
+    with pytest.raises(RuntimeError, match=r"GPU out of memory \(CUDA out of memory.*train.micro_batch_size.*max_completion_length"):
+        train(cfg)

@@ -41,51 +41,63 @@ def cmd_sft(args: list[str]) -> None:
 
 
 def cmd_eval(argv: list[str]) -> None:
-    import torch
-
     from .data.jsonl import load_samples
     from .embedded import resolve_model_path
-    from .evaluate import evaluate_rec
+    from .evaluate import evaluate, print_metrics
     from .models.adapter import load_adapter
 
-    p = argparse.ArgumentParser(prog="vlmr1 eval", description="Greedy REC evaluation: Acc@0.5, mean IoU, format rate.")
+    p = argparse.ArgumentParser(
+        prog="vlmr1 eval",
+        description="Greedy evaluation of any task (REC, detection, math/counting, GUI defects), "
+        "chosen per sample by its accu_reward_method; each data file is one split.",
+    )
     p.add_argument("--model", default="embedded", help="checkpoint folder (default: the embedded base)")
-    p.add_argument("--data", required=True, help="colon-separated VLM-R1 JSONL files")
+    p.add_argument("--data", required=True, help="colon-separated VLM-R1 JSONL files, each scored as its own split")
     p.add_argument("--image-folders", default=None, help="colon-separated image folders paired with --data")
-    p.add_argument("--task", default="rec", help="question template")
+    p.add_argument("--task", default="rec", help="question template (see vlmr1.data.jsonl.QUESTION_TEMPLATES)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
-    p.add_argument("--format-reward", default="box_format", help="reward reported as format rate (e.g. format)")
-    p.add_argument("--out", default=None, help="per-sample predictions JSONL (default: predictions.jsonl beside --data)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples of each file")
+    p.add_argument("--format-reward", default=None, help="a registered reward also reported as format_rate (e.g. box_format, format)")
+    p.add_argument("--out", default=None, help="folder for per-sample predictions (default: beside each data file)")
     a = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     adapter = load_adapter(resolve_model_path(a.model))
-    samples = load_samples(a.data, a.image_folders).samples[: a.limit]
-    out = Path(a.out) if a.out else Path(a.data.split(":")[0]).with_suffix(".predictions.jsonl")
-    metrics = evaluate_rec(
-        adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out, format_reward=a.format_reward
-    )
-    print(f"{'split':<12}{'n':>6}{'acc50':>8}{'mean_iou':>10}{'format':>8}")
-    print(f"{Path(a.data).stem:<12}{metrics['n']:>6}{metrics['acc50']:>8.3f}{metrics['mean_iou']:>10.3f}{metrics['format_rate']:>8.3f}")
-    print(f"predictions: {out}")
+    files = a.data.split(":")
+    folders = a.image_folders.split(":") if a.image_folders else [None] * len(files)
+    if len(folders) != len(files):
+        raise SystemExit(f"--image-folders has {len(folders)} entries for {len(files)} --data files")
+    for file, folder in zip(files, folders):
+        samples = load_samples(file, folder).samples[: a.limit]
+        name = Path(file).stem
+        out = Path(a.out) / f"{name}.predictions.jsonl" if a.out else Path(file).with_suffix(".predictions.jsonl")
+        metrics = evaluate(
+            adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out, format_reward=a.format_reward
+        )
+        print_metrics(name, metrics)
+        print(f"predictions: {out}")
 
 
 def cmd_data(argv: list[str]) -> None:
-    from .data.synthetic import generate_rec
+    from .data.synthetic import GENERATORS
 
-    p = argparse.ArgumentParser(prog="vlmr1 data", description="Write a synthetic task as VLM-R1 JSONL + PNG files.")
-    p.add_argument("task", choices=["rec"])
+    p = argparse.ArgumentParser(
+        prog="vlmr1 data",
+        description="Write a synthetic task as VLM-R1 JSONL + PNG files: rec (referring boxes), det (labelled "
+        "boxes of listed categories), count (counting/arithmetic, math-verified), gui (before/after screenshot defects).",
+    )
+    p.add_argument("task", choices=sorted(GENERATORS))
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--split", choices=["in", "ood"], default="in")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-objects", type=int, default=1)
-    p.add_argument("--max-objects", type=int, default=4)
-    p.add_argument("--name", default=None)
+    p.add_argument("--min-objects", type=int, default=None, help="rec/det: fewest shapes per image")
+    p.add_argument("--max-objects", type=int, default=None, help="rec/det: most shapes per image")
+    p.add_argument("--name", default=None, help="file stem (default: the split)")
     a = p.parse_args(argv)
-    path = generate_rec(Path(a.out), a.n, a.split, a.seed, a.min_objects, a.max_objects, name=a.name)
-    print(path)
+    kwargs = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects)) if v is not None}
+    if kwargs and a.task not in ("rec", "det"):
+        raise SystemExit(f"--min-objects/--max-objects apply to rec and det, not {a.task}")
+    print(GENERATORS[a.task](Path(a.out), a.n, a.split, seed=a.seed, name=a.name, **kwargs))
 
 
 COMMANDS = {

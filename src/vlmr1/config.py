@@ -43,7 +43,9 @@ class DataConfig:
     eval_image_folders: str | None = None
     """Image folders for eval_files, paired by position."""
     task: str = "rec"
-    """Question template applied to each prompt (see vlmr1.data.jsonl.question_template)."""
+    """Question template applied to each prompt (see vlmr1.data.jsonl.QUESTION_TEMPLATES)."""
+    synthetic: str = "rec"
+    """Embedded data only: which generated task, rec | det | count | gui (see vlmr1 data --help)."""
     on_error: str = "raise"
     """Bad data rows: "raise" stops with file:line:field; "skip" skips each with a counted warning."""
     num_train: int = 4000
@@ -104,8 +106,10 @@ class RewardConfig:
     """Registered reward names or path/to/file.py:function."""
     weights: list[float] | None = field(default_factory=lambda: [1.0, 0.5, 0.1])
     """One weight per reward (None: all 1)."""
-    eval_format: str = "box_format"
-    """Registered reward reported as format_rate by evaluation (e.g. "format" for <think>/<answer> answers)."""
+    model_rewards: bool = True
+    """Use the variant of a reward that the model adapter offers for it (adapter.reward_overrides), if any."""
+    eval_format: str | None = "box_format"
+    """Registered reward also reported as format_rate by evaluation (e.g. "format" for <think>/<answer>; null: none)."""
 
 
 @dataclass
@@ -134,6 +138,10 @@ class TrainConfig:
     """Steps between metric lines."""
     save_every: int = 0
     """Steps between checkpoints (0: only the final one)."""
+    keep_last: int = 0
+    """Keep only the newest N checkpoints (0: keep all); old ones go only after a new one is complete."""
+    max_nonfinite_steps: int = 3
+    """A NaN/inf loss or gradient skips that optimizer step; one more than this many in a row stops the run."""
     eval_every: int = 0
     """Steps between held-out evaluations logged to metrics (0: none during training)."""
     eval_before: bool = True
@@ -161,6 +169,7 @@ class Config:
 CHOICES = {
     "model.dtype": {"float32", "bfloat16", "float16"},
     "data.on_error": {"raise", "skip"},
+    "data.synthetic": {"rec", "det", "count", "gui"},
     "algo.kl_estimator": {"k1", "k2", "k3"},
     "algo.loss_aggregation": {"grpo", "bnpo", "dr_grpo", "dapo"},
     "algo.advantage_scale": {"group", "batch", "none"},
@@ -272,6 +281,8 @@ def validate(cfg: Config) -> None:
         (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (t.max_grad_norm >= 0, "train.max_grad_norm must be >= 0"),
         (t.save_every >= 0, "train.save_every must be >= 0"),
+        (t.keep_last >= 0, "train.keep_last must be >= 0 (0 keeps every checkpoint)"),
+        (t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps must be >= 0"),
         (t.eval_every >= 0, "train.eval_every must be >= 0"),
         (t.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.data.num_eval >= 0 and cfg.data.num_train >= 1, "data.num_train must be >= 1 and data.num_eval >= 0"),
@@ -296,11 +307,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"reward.weights has {len(weights)} entries for {len(cfg.reward.funcs)} reward.funcs")
     from .rewards import get_reward  # resolving names here turns a typo into an error before any model loads
 
-    for name in [*cfg.reward.funcs, cfg.reward.eval_format]:
+    for name in [*cfg.reward.funcs, *([cfg.reward.eval_format] if cfg.reward.eval_format else [])]:
         try:
             get_reward(name)
         except (ValueError, FileNotFoundError, AttributeError, TypeError, ImportError, SyntaxError) as e:
             raise ConfigError(f"reward {name!r}: {e}") from None
+    from .data.jsonl import QUESTION_TEMPLATES
+
+    if cfg.data.task not in QUESTION_TEMPLATES:
+        raise ConfigError(f"data.task={cfg.data.task!r}: no such question template (known: {sorted(QUESTION_TEMPLATES)})")
     if (cfg.data.eval_image_folders is not None) and cfg.data.eval_files is None:
         raise ConfigError("data.eval_image_folders is set but data.eval_files is not")
 

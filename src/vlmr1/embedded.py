@@ -1,4 +1,4 @@
-"""The embedded default: the shipped tiny base checkpoint and the generated synthetic REC task."""
+"""The embedded default: the shipped tiny base checkpoint and the generated synthetic tasks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import EMBEDDED, Config
 from .data.jsonl import Sample, load_samples
-from .data.synthetic import generate_rec
+from .data.synthetic import GENERATORS
 
 BASE_CHECKPOINT = Path(__file__).parent / "assets" / "base"
 TINY_RANDOM = "tiny-random"  # model.path value: a freshly initialised tiny model (for SFT from scratch)
@@ -42,11 +42,30 @@ def _load(files: str, folders: str | None, on_error: str) -> list[Sample]:
     return samples
 
 
-def prepare_data(cfg: Config, out: Path) -> Data:
+def _synthetic(cfg: Config, root: Path, n: int, split: str, seed: int, name: str, train: bool, write: bool) -> Path:
+    """Generate (or, on ranks that only read, locate) one split of the configured synthetic task."""
+    path = root / f"{name}.jsonl"
+    if not write:
+        return path
     d = cfg.data
+    kwargs: dict = {}
+    if d.synthetic in ("rec", "det"):
+        kwargs = {"min_objects": d.min_objects, "max_objects": d.max_objects}
+    if d.synthetic == "rec" and train:  # held-out REC sets keep the generator's 16..40 px shapes
+        kwargs.update(min_size=d.min_size, max_size=d.max_size)
+    return GENERATORS[d.synthetic](root, n, split, seed=seed, name=name, **kwargs)
+
+
+def prepare_data(cfg: Config, out: Path, write: bool = True) -> Data:
+    """Training and held-out samples; embedded data is generated into ``out/data`` when ``write``.
+
+    In multi-process runs one process per machine writes (``write=True``) while the others wait
+    and then only read the same files.
+    """
+    d = cfg.data
+    root = out / "data"
     if d.train_files == EMBEDDED:
-        root = out / "data"
-        train = generate_rec(root, d.num_train, "in", seed=cfg.train.seed, min_objects=d.min_objects, max_objects=d.max_objects, name="train", min_size=d.min_size, max_size=d.max_size)
+        train = _synthetic(cfg, root, d.num_train, "in", cfg.train.seed, "train", True, write)
         train_samples = _load(str(train), None, d.on_error)
     else:
         train_samples = _load(d.train_files, d.image_folders, d.on_error)
@@ -60,6 +79,6 @@ def prepare_data(cfg: Config, out: Path) -> Data:
             evals[Path(f).stem] = _load(f, folder, d.on_error)
     elif d.train_files == EMBEDDED and d.num_eval > 0:
         for split, seed in EVAL_SEEDS.items():
-            path = generate_rec(out / "data", d.num_eval, split, seed=seed, min_objects=d.min_objects, max_objects=d.max_objects, name=f"eval_{split}")
+            path = _synthetic(cfg, root, d.num_eval, split, seed, f"eval_{split}", False, write)
             evals[split] = _load(str(path), None, d.on_error)
     return Data(train_samples, evals)

@@ -1,4 +1,10 @@
-"""Held-out evaluation of REC: greedy decoding, Acc@0.5, mean IoU, format rate, per-sample JSONL."""
+"""Held-out evaluation for every task: greedy decoding, per-task metrics, per-sample JSONL.
+
+Each sample is scored by the scorer of its kind (``scoring.kind_of`` on its
+``accu_reward_method``): REC Acc@0.5 and mean IoU, detection COCO mAP/AP50 over the split,
+answer accuracy (math-verify and friends), GUI defect accuracy and region IoU. A split that
+mixes kinds reports each kind's metrics prefixed with the kind ("detection/map").
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,14 @@ from pathlib import Path
 import torch
 
 from .data.jsonl import Sample
-from .rewards.grounding import IOU_THRESHOLD, iou, pred_and_truth
 from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
 from .runtime import make_batch
+from .scoring import SCORERS, kind_of
 
 
 @torch.no_grad()
-def evaluate_rec(
+def evaluate(
     model,
     adapter,
     samples: list[Sample],
@@ -24,50 +30,62 @@ def evaluate_rec(
     max_new_tokens: int = 24,
     predictions: Path | None = None,
     progress=None,
-    format_reward: str = "box_format",
+    format_reward: str | None = None,
 ) -> dict[str, float]:
-    """Greedy Acc@0.5, mean IoU and format rate over ``samples``; optionally one JSON line per sample."""
-    fmt = get_reward(format_reward)
-    rows = []
+    """Greedy decoding of ``samples`` and their task metrics; optionally one JSON line per sample.
+
+    ``format_reward`` (a registered reward name) is also reported as ``format_rate``.
+    """
+    fmt = get_reward(format_reward) if format_reward else None
+    rows: list[dict] = []
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size], task)
         prompts = adapter.encode_prompts(batch.problems, batch.images)
         out = generate(model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False))
-        formats = fmt(out.texts)
         # The model answers in pixels of its resized input; boxes are scored in the original image.
-        pairs = pred_and_truth(
-            out.texts,
-            [smp.solution for smp in batch.samples],
-            image_size=batch.columns["image_size"],
-            input_size=[sizes[0] if sizes else None for sizes in prompts.input_sizes],
-        )
-        for i, (text, (pred, truth)) in enumerate(zip(out.texts, pairs)):
-            score = iou(pred, truth) if pred is not None else 0.0
-            rows.append(
-                {
-                    "id": batch.samples[i].id,
-                    "problem": batch.samples[i].problem,
-                    "image": batch.samples[i].images,
-                    "completion": text,
-                    "pred_box": pred,
-                    "true_box": truth,
-                    "iou": score,
-                    "hit": score >= IOU_THRESHOLD,
-                    "format": formats[i],
-                }
-            )
+        cols = dict(batch.columns, input_size=[sizes[0] if sizes else None for sizes in prompts.input_sizes])
+        base = [
+            {
+                "id": s.id,
+                "kind": kind_of(s.reward_method),
+                "problem": s.problem,
+                "image": s.images,
+                "completion": text,
+                "solution": s.solution,
+                "input_size": cols["input_size"][i],
+            }
+            for i, (s, text) in enumerate(zip(batch.samples, out.texts))
+        ]
+        formats = fmt(out.texts, **cols) if fmt is not None else [None] * len(base)
+        for kind in sorted({r["kind"] for r in base}):
+            idx = [i for i, r in enumerate(base) if r["kind"] == kind]
+            sub = {k: [v[i] for i in idx] for k, v in cols.items()}
+            for i, fields in zip(idx, SCORERS[kind].score_rows([out.texts[i] for i in idx], sub)):
+                base[i].update(fields)
+        for row, f in zip(base, formats):
+            if f is not None:
+                row["format"] = f
+        rows.extend(base)
         if progress is not None:
             progress.update(len(batch.samples))
     if predictions is not None:
         predictions.parent.mkdir(parents=True, exist_ok=True)
         predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    n = max(1, len(rows))
-    return {
-        "acc50": sum(r["hit"] for r in rows) / n,
-        "mean_iou": sum(r["iou"] for r in rows) / n,
-        "format_rate": sum(r["format"] for r in rows) / n,
-        "n": len(rows),
-    }
+    return summarise(rows)
+
+
+def summarise(rows: list[dict]) -> dict[str, float]:
+    """Metrics of one split; kinds prefixed only when the split mixes several."""
+    kinds = sorted({r["kind"] for r in rows})
+    metrics: dict[str, float] = {}
+    for kind in kinds:
+        part = SCORERS[kind].summarise([r for r in rows if r["kind"] == kind])
+        metrics.update({(f"{kind}/{k}" if len(kinds) > 1 else k): v for k, v in part.items()})
+    formats = [r["format"] for r in rows if "format" in r]
+    if formats:
+        metrics["format_rate"] = sum(formats) / len(formats)
+    metrics["n"] = len(rows)
+    return metrics
 
 
 def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[str, float]]:
@@ -78,7 +96,7 @@ def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[
     unwrapped = getattr(model, "module", model)
     for split, samples in data.evals.items():
         with tqdm(total=len(samples), desc=f"eval {tag} {split}", disable=not cfg.train.progress, leave=False) as bar:
-            results[split] = evaluate_rec(
+            results[split] = evaluate(
                 unwrapped,
                 adapter,
                 samples,
@@ -97,14 +115,26 @@ def flat_metrics(results: dict[str, dict[str, float]], prefix: str = "eval") -> 
     return {f"{prefix}/{split}/{k}": v for split, m in results.items() for k, v in m.items() if k != "n"}
 
 
+def _cell(v) -> str:
+    return f"{v:>9.3f}" if v is not None else f"{'-':>9}"
+
+
 def print_table(summary: dict) -> None:
+    """Before/after/change per split and metric, for whatever metrics the splits report."""
     before, after = summary.get("before", {}), summary.get("after", {})
     if not (before or after):
         return
-    print(f"\n{'split':<8}{'metric':<12}{'before':>9}{'after':>9}{'change':>9}")
+    print(f"\n{'split':<8}{'metric':<16}{'before':>9}{'after':>9}{'change':>9}")
     for split in sorted(set(before) | set(after)):
-        for metric in ("acc50", "mean_iou", "format_rate"):
-            b, a_ = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
-            fmt = lambda v: f"{v:>9.3f}" if v is not None else f"{'-':>9}"  # noqa: E731
+        b_m, a_m = before.get(split, {}), after.get(split, {})
+        for metric in [k for k in {**b_m, **a_m} if k != "n"]:
+            b, a_ = b_m.get(metric), a_m.get(metric)
             delta = f"{a_ - b:>+9.3f}" if b is not None and a_ is not None else f"{'-':>9}"
-            print(f"{split:<8}{metric:<12}{fmt(b)}{fmt(a_)}{delta}")
+            print(f"{split:<8}{metric:<16}{_cell(b)}{_cell(a_)}{delta}")
+
+
+def print_metrics(name: str, metrics: dict[str, float]) -> None:
+    """One split's metrics as a two-column table (``vlmr1 eval``)."""
+    print(f"\n{'split':<16}{'metric':<16}{'value':>9}")
+    for k, v in metrics.items():
+        print(f"{name:<16}{k:<16}{v:>9.3f}" if k != "n" else f"{name:<16}{k:<16}{v:>9d}")

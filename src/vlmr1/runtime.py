@@ -179,20 +179,67 @@ def build_optimizer(params, t: TrainConfig) -> tuple[torch.optim.Optimizer, torc
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> float:
-    """Clip (0 = no clipping), step, advance the schedule, clear gradients; returns the pre-clip norm."""
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
-    optimizer.step()
-    scheduler.step()
+def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float, loss_finite: bool = True) -> tuple[float, bool]:
+    """Clip (0 = no clipping), step, advance the schedule, clear gradients.
+
+    Returns (pre-clip gradient norm, whether the step was taken). A non-finite loss on any rank
+    or a non-finite gradient norm skips the update (and the schedule), so one bad batch cannot
+    write NaN into the weights; every rank takes the same decision.
+    """
+    norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf))
+    bad = torch.tensor(float(not (loss_finite and math.isfinite(norm))), device=accelerator.device)
+    ok = accelerator.reduce(bad, "sum").item() == 0
+    if ok:
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm, ok
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class NonFiniteGuard:
+    """Counts skipped (non-finite) optimizer steps; ``record`` says when a run must stop."""
+
+    def __init__(self, limit: int, skipped: int = 0):
+        self.limit, self.skipped, self.in_row = limit, skipped, 0
+
+    def record(self, stepped: bool) -> bool:
+        if stepped:
+            self.in_row = 0
+            return False
+        self.in_row += 1
+        self.skipped += 1
+        return self.in_row > self.limit
+
+    def message(self, step: int, ckpt: Path) -> str:
+        return (
+            f"{self.in_row} optimizer steps in a row had a non-finite (NaN/inf) loss or gradient, the last at "
+            f"step {step}; stopping (train.max_nonfinite_steps={self.limit}). Each was skipped, so {ckpt} holds "
+            "the last finite weights. Lower train.lr, keep train.max_grad_norm > 0, use model.dtype=bfloat16 "
+            "rather than float16, and check the rewards for extreme values before resuming."
+        )
+
+
+@contextmanager
+def explain_oom(settings: list[str]):
+    """Turn a GPU out-of-memory error into one that names the settings that reduce memory."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        raise RuntimeError(
+            f"GPU out of memory ({str(e).splitlines()[0] if str(e) else 'no details'}). Lower one of: "
+            + ", ".join(settings)
+        ) from e
 
 
 def finish_run(cfg: Config, out: Path, adapter, model, optimizer, scheduler, data, logger: MetricsLogger, summary: dict) -> None:
     """Rank 0 at the end of SFT or GRPO: final checkpoint and model, held-out evaluation, summary."""
     from .evaluate import flat_metrics, print_table, run_evals  # evaluate imports this module
 
-    save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler)
+    save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler, keep_last=cfg.train.keep_last)
     adapter.save(out / "final")
     if cfg.train.eval_after and data.evals:
         summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
@@ -201,8 +248,14 @@ def finish_run(cfg: Config, out: Path, adapter, model, optimizer, scheduler, dat
     print_table(summary)
 
 
-def save_checkpoint(out: Path, step: int, adapter, optimizer, scheduler, extra: dict | None = None) -> Path:
-    """Write ``checkpoint-{step}`` atomically: into a temporary folder, renamed when complete."""
+def save_checkpoint(
+    out: Path, step: int, adapter, optimizer, scheduler, extra: dict | None = None, keep_last: int = 0
+) -> Path:
+    """Write ``checkpoint-{step}`` atomically: into a temporary folder, renamed when complete.
+
+    ``keep_last > 0`` then deletes all but the newest ``keep_last`` complete checkpoints: only
+    after the new one is in place, so a crash at any moment leaves a usable checkpoint.
+    """
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -218,12 +271,21 @@ def save_checkpoint(out: Path, step: int, adapter, optimizer, scheduler, extra: 
         os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    if keep_last > 0:
+        for old in complete_checkpoints(out)[:-keep_last]:
+            shutil.rmtree(old)
     return final
 
 
-def latest_checkpoint(out: Path) -> Path | None:
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Checkpoints whose write finished (state file present), oldest first."""
     done = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = complete_checkpoints(out)
+    return done[-1] if done else None
 
 
 def resolve_resume(cfg: Config, out: Path) -> Path | None:

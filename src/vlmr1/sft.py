@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -14,8 +16,11 @@ from .rl.logprobs import completion_logprobs
 from .runtime import (
     DataOrder,
     MetricsLogger,
+    NonFiniteError,
+    NonFiniteGuard,
     Timers,
     build_optimizer,
+    explain_oom,
     finish_run,
     load_model,
     load_trainer_state,
@@ -41,9 +46,11 @@ def sft_loss(model, adapter, batch) -> torch.Tensor:
 def check_sft_config(cfg: Config) -> None:
     """SFT has no rollouts, advantages or rewards: reject settings it would otherwise ignore."""
     default = Config()
-    for section in ("algo", "reward"):
-        if getattr(cfg, section) != getattr(default, section):
-            raise ConfigError(f"{section}.* settings have no effect in sft; remove them from the sft config")
+    if cfg.algo != default.algo:
+        raise ConfigError("algo.* settings have no effect in sft; remove them from the sft config")
+    for name, value in vars(cfg.reward).items():
+        if name != "eval_format" and value != getattr(default.reward, name):  # eval_format: the eval's format rate
+            raise ConfigError(f"reward.{name} has no effect in sft; remove it from the sft config")
     used = {"max_completion_length"}  # the eval's generation length
     for name, value in vars(cfg.rollout).items():
         if name not in used and value != getattr(default.rollout, name):
@@ -51,19 +58,26 @@ def check_sft_config(cfg: Config) -> None:
 
 
 def sft(cfg: Config) -> dict:
+    """Supervised fine-tuning as configured; returns the summary (before/after evaluation)."""
     check_sft_config(cfg)
+    with explain_oom(["train.micro_batch_size", "model.max_pixels (image tokens per prompt)", "model.dtype=bfloat16"]):
+        return _sft(cfg)
+
+
+def _sft(cfg: Config) -> dict:
     out = make_run_dir(cfg, "sft")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg, out)
+    with accelerator.local_main_process_first():
+        data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
     adapter = load_model(cfg, resume or resolve_model_path(cfg.model.path, out))
     optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], cfg.train)
     model, optimizer = accelerator.prepare(adapter.model, optimizer)
-    start = 0
-    if resume is not None:
-        start = load_trainer_state(resume, optimizer, scheduler)["step"]
+    state = load_trainer_state(resume, optimizer, scheduler) if resume is not None else {"step": 0}
+    start = state["step"]
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, state.get("skipped_steps", 0))
     if main:
         save_config(cfg, out)
     logger = MetricsLogger(out, enabled=main)
@@ -87,13 +101,18 @@ def sft(cfg: Config) -> dict:
                 loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
                 accelerator.backward(loss)
                 total += loss.item()
-            grad_norm = optimizer_step(accelerator, model, optimizer, scheduler, cfg.train.max_grad_norm)
+            grad_norm, stepped = optimizer_step(accelerator, model, optimizer, scheduler, cfg.train.max_grad_norm, math.isfinite(total))
+        if guard.record(stepped):
+            if main:
+                save_checkpoint(out, step + 1, adapter, optimizer, scheduler, {"skipped_steps": guard.skipped})
+            raise NonFiniteError(guard.message(step + 1, out / f"checkpoint-{step + 1}"))
         if (step + 1) % cfg.train.log_every == 0:
-            logger.log(step + 1, {"loss": total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], **timers.pop()})
+            metrics = {"loss": total, "grad_norm": grad_norm, "skipped_steps": guard.skipped, "lr": scheduler.get_last_lr()[0]}
+            logger.log(step + 1, {**metrics, **timers.pop()})
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and main:
             logger.log(step + 1, flat_metrics(run_evals(cfg, model, adapter, data, out, f"step{step + 1}")))
         if main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-            save_checkpoint(out, step + 1, adapter, optimizer, scheduler)
+            save_checkpoint(out, step + 1, adapter, optimizer, scheduler, {"skipped_steps": guard.skipped}, cfg.train.keep_last)
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}")
     bar.close()

@@ -8,9 +8,9 @@ Row format (VLM-R1)::
 
 - `image` is optional (text-only row) and relative to the paired image folder.
 - `<image>` placeholders: if the human turn has any, their count must equal the
-  number of images. If it has none, the images are put before the text (VLM-R1
-  builds every prompt as images first, then the question). Either way the
-  placeholders are removed from `problem`; the model adapter places the images.
+  number of images, and they stay in `problem` so that the model adapter puts each
+  image where the conversation puts it ("Before: <image> After: <image> ...").
+  Without placeholders the images go before the text, as VLM-R1 places them.
 - Exactly one human turn and one gpt turn (VLM-R1 reads single-turn rows only);
   further turns are rejected rather than silently dropped.
 - All keys other than id, image, conversations and accu_reward_method go to
@@ -43,7 +43,7 @@ class DataError(ValueError):
 class Sample:
     id: str
     images: list[str]  # absolute paths, in prompt order
-    problem: str  # human turn with "<image>" placeholders removed, stripped
+    problem: str  # human turn, stripped; "<image>" placeholders (if any) mark where the images go
     solution: str  # gpt turn
     reward_method: str | None  # accu_reward_method, None when the row has none
     extra: dict[str, Any] = field(default_factory=dict)  # other row keys, passed to rewards as columns
@@ -108,7 +108,7 @@ def parse_row(line: str, where: str, image_folder: str, check_images: bool = Tru
     if not isinstance(sid, (str, int)):
         raise DataError(f"{where}: field 'id': expected a string or integer, got {sid!r}")
     extra = {k: v for k, v in row.items() if k not in _KNOWN_KEYS}
-    problem = human.replace("<image>", "").strip()
+    problem = human.strip()
     return Sample(str(sid), images, problem, solution, method, extra, where)
 
 
@@ -168,8 +168,12 @@ def load_samples(
 
 _THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> </answer> tags."
 QUESTION_TEMPLATES: dict[str, str] = {
-    # The tiny embedded model answers REC with a bare box, so its prompt is the question alone.
+    # The tiny embedded model answers with the bare answer (box, JSON, number), so its prompts are
+    # the question alone; the generated questions already say what form the answer takes.
     "rec": "{Question}",
+    "det": "{Question}",
+    "count": "{Question}",
+    "gui": "{Question}",
     "rec_think": "{Question} " + _THINK,
     # VLM-R1's fallback template (grpo_jsonl.py, task types other than rec / ic / odLength).
     "default": "{Question} " + _THINK,

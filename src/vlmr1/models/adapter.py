@@ -32,15 +32,47 @@ class PromptBatch:
         return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device), mm, self.input_sizes)
 
 
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def user_content(problem: str, n_images: int) -> list[dict]:
+    """HF chat ``content`` parts for a user turn: each image where ``problem`` has ``<image>``.
+
+    A problem without placeholders gets its images first, then the text (VLM-R1's layout and
+    Qwen's own examples). Text between placeholders is kept verbatim, spaces included, so
+    "Before: <image> After: <image>" renders with the words around the right image.
+    """
+    parts = problem.split(IMAGE_PLACEHOLDER)
+    n_placeholders = len(parts) - 1
+    if n_placeholders == 0:
+        return [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": problem}]
+    if n_placeholders != n_images:
+        raise ValueError(f"prompt has {n_placeholders} {IMAGE_PLACEHOLDER} placeholders for {n_images} images: {problem[:80]!r}")
+    content: list[dict] = []
+    for k, text in enumerate(parts):
+        if k:
+            content.append({"type": "image"})
+        if text.strip():
+            content.append({"type": "text", "text": text})
+    return content
+
+
 class VLMAdapter(Protocol):
     model: torch.nn.Module
     processor: object
+    reward_overrides: dict[str, str]
+    """Reward name -> registered variant this model family needs instead (e.g. another box
+    convention); used when ``reward.model_rewards`` is on. Empty for families that need none."""
 
     @property
     def eos_token_ids(self) -> list[int]: ...
 
     @property
     def pad_token_id(self) -> int: ...
+
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        """Tokens a completion must never contain (image placeholders): sampling and log-probs drop them."""
 
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
         """Chat-format each problem with its images in place and encode a left-padded batch."""

@@ -8,13 +8,17 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from .adapter import PromptBatch
+from .adapter import PromptBatch, user_content
 from .processing import load_qwen_processor, save_qwen_processor
 
 QWEN_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
 
 
 class QwenVLAdapter:
+    # Qwen2/2.5-VL answer in the conventions the generic rewards score (absolute pixels of the
+    # resized input), so the family needs no reward variants.
+    reward_overrides: dict[str, str] = {}
+
     def __init__(self, model, processor):
         self.model = model
         self.processor = processor
@@ -35,13 +39,17 @@ class QwenVLAdapter:
         return sorted({i for i in ids if i is not None} | {self.tokenizer.eos_token_id})
 
     @property
+    def suppressed_token_ids(self) -> list[int]:
+        """Vision placeholder and delimiter tokens: never part of a completion."""
+        c = self.model.config
+        return [c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id]
+
+    @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 
     def messages(self, problem: str, n_images: int) -> list[dict]:
-        # Images go before the question, as VLM-R1 and Qwen's own examples place them.
-        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": problem}]
-        return [{"role": "user", "content": content}]
+        return [{"role": "user", "content": user_content(problem, n_images)}]
 
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
         texts = [

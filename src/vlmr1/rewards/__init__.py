@@ -4,7 +4,7 @@ Resolve rewards by name (``get_reward("acc50")``) or from a user file
 (``get_reward("my_rewards.py:score")``); ``compute_rewards`` turns a dict of them into tensors.
 """
 
-from . import format, grounding  # noqa: F401  (imported for their @register side effects)
+from . import accuracy, answer, detection, format, grounding, gui, length, repetition  # noqa: F401  (imported for their @register side effects)
 from .registry import (
     RewardFunctionError,
     RewardOutput,
@@ -12,6 +12,7 @@ from .registry import (
     compute_rewards,
     get_reward,
     register,
+    resolve_rewards,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "compute_rewards",
     "get_reward",
     "register",
+    "resolve_rewards",
 ]

@@ -108,6 +108,17 @@ def get_reward(name_or_spec: str | RewardFn) -> RewardFn:
     )
 
 
+def resolve_rewards(names: list[str], overrides: dict[str, str] | None = None) -> dict[str, RewardFn]:
+    """Config reward names -> functions, keyed by the configured name (so logs keep that name).
+
+    ``overrides`` maps a reward name to the registered variant a model adapter offers for it
+    (VLM-R1's ``is_reward_customized_from_vlm_module``): the variant still lives with the other
+    rewards, the adapter only names it, and the config decides whether to use it.
+    """
+    overrides = overrides or {}
+    return {name: get_reward(overrides.get(name, name)) for name in names}
+
+
 @dataclass
 class RewardOutput:
     per_func: torch.Tensor  # [N, n_rewards] float32, NaN where a function returned None
@@ -134,6 +145,21 @@ def _check_values(name: str, values, n: int) -> list[float]:
     return out
 
 
+def _failing_sample(fn: RewardFn, completions: list[str], columns: dict[str, list]) -> str:
+    """" on sample ID (row i)" for the first row the reward fails on alone, else "".
+
+    Rule rewards are cheap, so after a failure each row is retried on its own to say which sample
+    (``sample_id`` column, the data row's id) broke it.
+    """
+    for i, text in enumerate(completions):
+        try:
+            fn([text], **{k: [v[i]] for k, v in columns.items()})
+        except Exception:
+            sid = columns.get("sample_id", [None] * len(completions))[i]
+            return f" on sample {sid!r} (row {i})" if sid is not None else f" on row {i}"
+    return ""
+
+
 def compute_rewards(
     funcs: dict[str, RewardFn],
     weights: list[float] | None,
@@ -157,8 +183,9 @@ def compute_rewards(
     for name in names:
         try:
             values = funcs[name](completions, **columns)
-        except Exception as e:  # re-raised, never swallowed: only the reward name is added
-            raise RewardFunctionError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+        except Exception as e:  # re-raised, never swallowed: only the reward name and sample are added
+            where = _failing_sample(funcs[name], completions, columns)
+            raise RewardFunctionError(f"reward {name!r} raised {type(e).__name__}{where}: {e}") from e
         cols.append(_check_values(name, values, n))
 
     per_func = torch.tensor(cols, dtype=torch.float32).reshape(len(names), n).T.contiguous()  # [N, n_rewards]

@@ -31,7 +31,7 @@ class Rollout:
     texts: list[str]  # [N] decoded completions
 
 
-def generation_config(s: Sampling, eos_ids: list[int], pad_id: int) -> GenerationConfig:
+def generation_config(s: Sampling, eos_ids: list[int], pad_id: int, suppress: list[int] | None = None) -> GenerationConfig:
     """A generation config that states every sampling option explicitly.
 
     transformers fills any option left as None from the checkpoint's generation_config.json
@@ -53,13 +53,16 @@ def generation_config(s: Sampling, eos_ids: list[int], pad_id: int) -> Generatio
         num_return_sequences=1,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
+        # Image placeholder tokens in a completion would break the next forward (the model
+        # counts them against the image features), so the sampler may never emit them.
+        suppress_tokens=list(suppress) if suppress else None,
     )
 
 
 @torch.no_grad()
 def generate(model, adapter, prompts: PromptBatch, sampling: Sampling) -> Rollout:
     """Sample one completion per prompt row (repeat rows G times beforehand for groups)."""
-    config = generation_config(sampling, adapter.eos_token_ids, adapter.pad_token_id)
+    config = generation_config(sampling, adapter.eos_token_ids, adapter.pad_token_id, adapter.suppressed_token_ids)
     inputs = {"input_ids": prompts.input_ids, "attention_mask": prompts.attention_mask, **prompts.mm_inputs}
     was_training = model.training
     model.eval()

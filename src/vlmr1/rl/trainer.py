@@ -7,6 +7,7 @@ The loss math lives in ``algos`` (pure functions); this file only moves tensors 
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 
@@ -18,12 +19,15 @@ from ..config import Config
 from ..embedded import prepare_data, resolve_model_path
 from ..evaluate import flat_metrics, run_evals
 from ..models.adapter import PromptBatch
-from ..rewards import compute_rewards, get_reward
+from ..rewards import compute_rewards, resolve_rewards
 from ..runtime import (
     DataOrder,
     MetricsLogger,
+    NonFiniteError,
+    NonFiniteGuard,
     Timers,
     build_optimizer,
+    explain_oom,
     finish_run,
     load_model,
     load_trainer_state,
@@ -65,23 +69,41 @@ def frozen_logprobs(model, adapter, rollout: Rollout, size: int, temperature: fl
     out = []
     for rows in micro_batches(list(range(len(rollout.texts))), size):
         inputs, ids, _ = rows_of(adapter, rollout, rows)
-        out.append(completion_logprobs(model, inputs, ids, temperature))
+        out.append(completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids))
     return torch.cat(out)
 
 
+# What lowers GPU memory in a GRPO step, most effective first.
+OOM_SETTINGS = [
+    "train.micro_batch_size (sequences per forward/backward)",
+    "rollout.max_completion_length",
+    "train.prompts_per_step or rollout.group_size (sequences generated at once)",
+    "model.max_pixels (image tokens per prompt)",
+    "algo.beta=0 (no reference model in memory)",
+    "model.dtype=bfloat16",
+]
+
+
 def train(cfg: Config) -> dict:
+    """GRPO as configured; returns the summary (before/after evaluation, train seconds)."""
+    with explain_oom(OOM_SETTINGS):
+        return _train(cfg)
+
+
+def _train(cfg: Config) -> dict:
     out = make_run_dir(cfg, "grpo")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     r, a, t = cfg.rollout, cfg.algo, cfg.train
     G = r.group_size
     seed_everything(t.seed)
-    with accelerator.main_process_first():
-        data = prepare_data(cfg, out)
-    reward_funcs = {name: get_reward(name) for name in cfg.reward.funcs}
+    # Generated data is written once per machine (local main), then read by every rank.
+    with accelerator.local_main_process_first():
+        data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
     base_path = resolve_model_path(cfg.model.path, out)
     policy = load_model(cfg, resume or base_path)
+    reward_funcs = resolve_rewards(cfg.reward.funcs, policy.reward_overrides if cfg.reward.model_rewards else None)
     # beta = 0 loads no reference model. The reference is always the starting checkpoint,
     # also after a resume, and it is the same class as the policy.
     ref_model = load_model(cfg, base_path, trainable=False).model if a.beta > 0 else None
@@ -90,7 +112,9 @@ def train(cfg: Config) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     if ref_model is not None:
         ref_model.to(accelerator.device)
-    start = load_trainer_state(resume, optimizer, scheduler)["step"] if resume else 0
+    state = load_trainer_state(resume, optimizer, scheduler) if resume else {"step": 0}
+    start = state["step"]
+    guard = NonFiniteGuard(t.max_nonfinite_steps, state.get("skipped_steps", 0))
     if main:
         save_config(cfg, out)
         print(f"vlmr1 train: run folder {out}")
@@ -116,6 +140,9 @@ def train(cfg: Config) -> dict:
         with timers("reward"):
             columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
             columns["input_size"] = [s[0] if s else None for s in rollout.prompts.input_sizes]
+            # Token counts, for length-shaped rewards (characters would favour short tokens).
+            columns["completion_length"] = rollout.completion_mask.sum(1).tolist()
+            columns["max_completion_length"] = [r.max_completion_length] * len(rollout.texts)
             rewards = compute_rewards(reward_funcs, cfg.reward.weights, rollout.texts, columns)
         # 3. Advantages per group of G; optionally drop groups with no signal.
         advantages = algos.group_advantages(rewards.total, G, a.advantage_scale).to(accelerator.device)  # [N]
@@ -128,18 +155,23 @@ def train(cfg: Config) -> dict:
         with timers("ref"):
             ref_logp = frozen_logprobs(ref_model, policy, rollout, t.micro_batch_size, r.temperature) if ref_model is not None else None
         mask = rollout.completion_mask
-        # dapo normalises by the valid-token count of the whole global batch; DDP averages
-        # gradients over ranks, so each rank's share is scaled back up by the world size.
-        global_tokens = accelerator.reduce(mask[rows].sum().float().to(accelerator.device), "sum").item() if rows else 0.0
+        # Losses are means over the GLOBAL batch: rows (grpo) or valid tokens (dapo) of every rank.
+        # DDP averages gradients over ranks, so each rank's share is scaled back up by the world size.
+        counts = torch.tensor([float(len(rows)), mask[rows].sum().item() if rows else 0.0], device=accelerator.device)
+        global_rows, global_tokens = accelerator.reduce(counts, "sum").tolist()
+        # A rank whose groups were all filtered out still joins DDP's gradient all-reduce, with a
+        # zero-weighted row; otherwise the other ranks would wait for it forever.
+        update_rows, share = (rows, 1.0) if rows else ([0], 0.0)
         stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip_fraction": [], "grad_norm": []}
         # 5. mu optimizer updates over the rollout, micro-batched with gradient accumulation.
         with timers("update"):
-            for _ in range(a.num_iterations if rows else 0):
-                chunks = micro_batches(rows, t.micro_batch_size)
+            for _ in range(a.num_iterations if global_rows else 0):
+                chunks = micro_batches(update_rows, t.micro_batch_size)
+                finite = True
                 for k, chunk in enumerate(chunks):
                     with accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext():
                         inputs, ids, m = rows_of(policy, rollout, chunk)
-                        logp = completion_logprobs(model, inputs, ids, r.temperature)  # [n, Lc]
+                        logp = completion_logprobs(model, inputs, ids, r.temperature, policy.suppressed_token_ids)  # [n, Lc]
                         sel = torch.tensor(chunk)
                         res = algos.policy_loss(
                             logp,
@@ -156,26 +188,41 @@ def train(cfg: Config) -> dict:
                             global_num_tokens=global_tokens / world,
                             importance_level=a.importance_level,
                         )
-                        weight = 1.0 if a.loss_aggregation == "dapo" else len(chunk) / len(rows)
+                        weight = share * (1.0 if a.loss_aggregation == "dapo" else len(chunk) * world / global_rows)
                         accelerator.backward(res.loss * weight)
                     stats["loss"].append(res.loss.item() * weight)
+                    finite = finite and math.isfinite(stats["loss"][-1])
                     stats["clip_fraction"].append(res.clip_fraction.item())
                     if res.kl is not None:
                         stats["kl"].append(res.kl.item())
-                stats["grad_norm"].append(optimizer_step(accelerator, model, optimizer, scheduler, t.max_grad_norm))
+                norm, stepped = optimizer_step(accelerator, model, optimizer, scheduler, t.max_grad_norm, finite)
+                stats["grad_norm"].append(norm)
+                if guard.record(stepped):
+                    ckpt = out / f"checkpoint-{step + 1}"
+                    if main:
+                        save_checkpoint(out, step + 1, policy, optimizer, scheduler, {"skipped_steps": guard.skipped})
+                    raise NonFiniteError(guard.message(step + 1, ckpt))
         # 6. Log and save.
         if (step + 1) % t.log_every == 0:
-            lengths = mask.sum(1).float()
+            # Every rank joins: logged numbers describe the global batch, not rank 0's share.
+            dev = accelerator.device
+            totals = accelerator.gather(rewards.total.to(dev))  # [N * world]
+            per_func = accelerator.gather(rewards.per_func.to(dev))  # [N * world, n_rewards]
+            lengths = accelerator.gather(mask.sum(1).float().to(dev))
+            local = {k: sum(v) / len(v) for k, v in stats.items() if v and k != "loss"}
+            local["loss"] = sum(stats["loss"]) / max(1, a.num_iterations)
+            names = sorted(local)  # same keys on every rank: same stats were filled
+            means = accelerator.reduce(torch.tensor([local[k] for k in names], device=dev), "mean").tolist()
             metrics = {
-                "reward": rewards.total.mean().item(),
-                "reward_std": rewards.total.std().item(),
+                "reward": totals.mean().item(),
+                "reward_std": totals.std().item(),
                 # A reward given as path/file.py:function is logged under its function name.
-                **{f"rewards/{k.rsplit(':', 1)[-1]}": v for k, v in rewards.means.items()},
+                **{f"rewards/{k.rsplit(':', 1)[-1]}": v.item() for k, v in zip(rewards.names, per_func.nanmean(0))},
                 "completion_length": lengths.mean().item(),
-                "zero_std_groups": zero_std.float().mean().item(),
-                "loss": sum(stats["loss"]) / max(1, a.num_iterations),
+                "zero_std_groups": accelerator.gather(zero_std.float().to(dev)).mean().item(),
+                "skipped_steps": guard.skipped,
                 "lr": scheduler.get_last_lr()[0],
-                **{k: sum(v) / len(v) for k, v in stats.items() if v and k != "loss"},
+                **dict(zip(names, means)),
                 **timers.pop(),
             }
             logger.log(step + 1, metrics)
@@ -183,7 +230,7 @@ def train(cfg: Config) -> dict:
         if t.eval_every and (step + 1) % t.eval_every == 0 and main and data.evals:
             logger.log(step + 1, flat_metrics(run_evals(cfg, unwrapped, policy, data, out, f"step{step + 1}")))
         if main and t.save_every and (step + 1) % t.save_every == 0:
-            save_checkpoint(out, step + 1, policy, optimizer, scheduler)
+            save_checkpoint(out, step + 1, policy, optimizer, scheduler, {"skipped_steps": guard.skipped}, t.keep_last)
         bar.update(1)
     bar.close()
     accelerator.wait_for_everyone()

@@ -69,7 +69,7 @@ class Shape(NamedTuple):
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 with x2 = x1 + size (exclusive)
 
 
-def _too_close(a: tuple[int, ...], b: tuple[int, ...], margin: int) -> bool:
+def too_close(a: tuple[int, ...], b: tuple[int, ...], margin: int) -> bool:
     """True if boxes a and b overlap once each is grown by `margin` pixels."""
     return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
 
@@ -99,16 +99,40 @@ def scene(
         if not pool:
             break
         colour, shape = pool[int(rng.integers(len(pool)))]
-        for _ in range(attempts):
-            size = int(rng.integers(min_size, max_size + 1))
-            x1 = int(rng.integers(0, image_size - size + 1))
-            y1 = int(rng.integers(0, image_size - size + 1))
-            box = (x1, y1, x1 + size, y1 + size)
-            if not any(_too_close(box, o.box, margin) for o in objects):
-                objects.append(Shape(colour, shape, box))
-                used.add((colour, shape))
-                break
+        placed = place_one(rng, colour, shape, objects, image_size, min_size, max_size, margin, attempts)
+        if placed is not None:
+            objects.append(placed)
+            used.add((colour, shape))
     return objects
+
+
+def place_one(
+    rng: np.random.Generator,
+    colour: str,
+    shape: str,
+    objects: list[Shape],
+    image_size: int,
+    min_size: int,
+    max_size: int,
+    margin: int,
+    attempts: int,
+) -> Shape | None:
+    """A square-boxed shape at a random spot clear of ``objects``, or None after ``attempts`` tries."""
+    for _ in range(attempts):
+        size = int(rng.integers(min_size, max_size + 1))
+        x1 = int(rng.integers(0, image_size - size + 1))
+        y1 = int(rng.integers(0, image_size - size + 1))
+        box = (x1, y1, x1 + size, y1 + size)
+        if not any(too_close(box, o.box, margin) for o in objects):
+            return Shape(colour, shape, box)
+    return None
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """One JSON object per line, "\n" endings on every platform (the files are compared bytewise)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
 
 
 def ramp(image_size: int) -> np.ndarray:
@@ -203,7 +227,4 @@ def generate_rec(
             "task": "rec",
             "n_objects": len(objects),
         })
-    path = out_dir / f"{tag}.jsonl"
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return path
+    return write_jsonl(out_dir / f"{tag}.jsonl", rows)
