@@ -26,6 +26,7 @@ from .runtime import (
     load_trainer_state,
     make_batch,
     make_run_dir,
+    micro_batch,
     optimizer_step,
     resolve_resume,
     save_checkpoint,
@@ -98,8 +99,9 @@ def _sft(cfg: Config) -> dict:
         with timers("update"):
             for k in range(0, len(batch_samples), micro):
                 chunk = batch_samples[k : k + micro]
-                loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
-                accelerator.backward(loss)
+                with micro_batch(accelerator, model, last=k + micro >= len(batch_samples)):
+                    loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
+                    accelerator.backward(loss)
                 total += loss.item()
             grad_norm, stepped = optimizer_step(accelerator, model, optimizer, scheduler, cfg.train.max_grad_norm, math.isfinite(total))
         if guard.record(stepped):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
@@ -29,10 +28,12 @@ from ..runtime import (
     build_optimizer,
     explain_oom,
     finish_run,
+    full_parameters,
     load_model,
     load_trainer_state,
     make_batch,
     make_run_dir,
+    micro_batch,
     optimizer_step,
     resolve_resume,
     save_checkpoint,
@@ -135,7 +136,8 @@ def _train(cfg: Config) -> dict:
             batch = make_batch([data.train[i] for i in order.indices(step)], cfg.data.task)
             prompts = policy.repeat_prompts(policy.encode_prompts(batch.problems, batch.images), G)
             torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + rank)  # same samples after a resume
-            rollout = generate(unwrapped, policy, prompts.to(accelerator.device), sampling)
+            with full_parameters(accelerator, model):
+                rollout = generate(unwrapped, policy, prompts.to(accelerator.device), sampling)
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
             columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
@@ -169,7 +171,7 @@ def _train(cfg: Config) -> dict:
                 chunks = micro_batches(update_rows, t.micro_batch_size)
                 finite = True
                 for k, chunk in enumerate(chunks):
-                    with accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext():
+                    with micro_batch(accelerator, model, last=k == len(chunks) - 1):
                         inputs, ids, m = rows_of(policy, rollout, chunk)
                         logp = completion_logprobs(model, inputs, ids, r.temperature, policy.suppressed_token_ids)  # [n, Lc]
                         sel = torch.tensor(chunk)
