@@ -176,7 +176,7 @@ def test_grpo_resume_continues_and_matches_an_uninterrupted_run(grpo_run, tiny_d
 
 def test_grpo_beta0_loads_no_reference_and_freezes_vision(tiny_dir, reward_file, tmp_path):
     cfg = grpo_config(
-        tiny_dir, reward_file, tmp_path, "algo.beta=0", "model.freeze_vision=true", "train.steps=1",
+        tiny_dir, reward_file, tmp_path, "algo.beta=0", "model.freeze_vision=true", "model.freeze_projector=true", "train.steps=1",
         "train.eval_before=false", "train.eval_after=false",
     )  # fmt: skip
     _, loads = run_counting_loads(train, cfg)

@@ -100,11 +100,27 @@ def cmd_data(argv: list[str]) -> None:
     print(GENERATORS[a.task](Path(a.out), a.n, a.split, seed=a.seed, name=a.name, **kwargs))
 
 
+def cmd_export(argv: list[str]) -> None:
+    from .models.finetune import is_lora_checkpoint, merge_lora
+
+    p = argparse.ArgumentParser(
+        prog="vlmr1 export", description="Merge a LoRA checkpoint into its base model: a full HF checkpoint for from_pretrained."
+    )
+    p.add_argument("checkpoint", help="a LoRA run's final/ or checkpoint-N/ folder")
+    p.add_argument("--out", required=True, help="folder for the merged checkpoint")
+    p.add_argument("--merge-lora", action="store_true", required=True, help="merge the LoRA weights into the base (required)")
+    a = p.parse_args(argv)
+    if not is_lora_checkpoint(a.checkpoint):
+        raise SystemExit(f"{a.checkpoint}: not a LoRA checkpoint (no adapter_config.json); it is already a full checkpoint")
+    print(merge_lora(a.checkpoint, a.out))
+
+
 COMMANDS = {
     "train": (cmd_train, "GRPO training: vlmr1 train [config.yaml] [section.field=value ...]"),
     "sft": (cmd_sft, "supervised fine-tuning: vlmr1 sft [config.yaml] [section.field=value ...]"),
     "eval": (cmd_eval, "evaluate a checkpoint on REC data"),
     "data": (cmd_data, "generate synthetic task data"),
+    "export": (cmd_export, "merge a LoRA checkpoint into a full one: vlmr1 export CKPT --out DIR --merge-lora"),
 }
 
 

@@ -29,7 +29,23 @@ class ModelConfig:
     max_pixels: int | None = None
     """Qwen image processor: largest image area after resize (None keeps the checkpoint's)."""
     freeze_vision: bool = False
-    """Keep the vision tower's parameters fixed."""
+    """Keep the vision encoder's parameters fixed (the projector is model.freeze_projector)."""
+    freeze_projector: bool = False
+    """Keep the vision-to-language projector (Qwen's merger) fixed."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    lora_rank: int = 0
+    """LoRA rank r (0: full fine-tuning). The reference model is then the base with adapters off."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (updates are scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names (peft matching: exact or name suffix) that get LoRA adapters, used as given."""
+    lora_vision: bool = False
+    """Also put LoRA on matching modules of the vision tower and projector (excluded by default)."""
 
 
 @dataclass
@@ -285,6 +301,10 @@ def validate(cfg: Config) -> None:
         (t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps must be >= 0"),
         (t.eval_every >= 0, "train.eval_every must be >= 0"),
         (t.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
+        (cfg.model.lora_alpha > 0, "model.lora_alpha must be > 0"),
+        (0 <= cfg.model.lora_dropout < 1, "model.lora_dropout must be in [0, 1)"),
+        (cfg.model.lora_rank == 0 or bool(cfg.model.lora_target_modules), "model.lora_target_modules is empty"),
         (cfg.data.num_eval >= 0 and cfg.data.num_train >= 1, "data.num_train must be >= 1 and data.num_eval >= 0"),
         (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),
         (4 <= cfg.data.min_size <= cfg.data.max_size <= 56, "data.min_size..max_size must lie in [4, 56] pixels"),

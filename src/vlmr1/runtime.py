@@ -26,16 +26,25 @@ OPTIM_FILE = "optimizer.pt"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model(cfg: Config, path, trainable: bool = True):
-    """The adapter for ``path`` with the config's dtype and image size; vision frozen if asked."""
+def load_model(cfg: Config, path, trainable: bool = True, fresh_lora: bool = False):
+    """The adapter for ``path`` with the config's dtype, image size and fine-tuning modes.
+
+    ``path`` is a full checkpoint or a LoRA checkpoint (adapter weights on a recorded base).
+    ``fresh_lora`` adds new LoRA adapters (model.lora_rank > 0) to a full checkpoint: the start
+    of a LoRA run.
+    """
+    from .models import finetune
     from .models.adapter import load_adapter
 
-    adapter = load_adapter(path, dtype=DTYPES[cfg.model.dtype], min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
-    if not trainable:
-        adapter.model.eval().requires_grad_(False)
-    elif cfg.model.freeze_vision:
-        for p in adapter.vision_parameters():
-            p.requires_grad_(False)
+    m = cfg.model
+    lora = finetune.is_lora_checkpoint(path)
+    base = finetune.lora_base_path(path) if lora else path
+    adapter = load_adapter(base, dtype=DTYPES[m.dtype], min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+    if lora:
+        finetune.load_lora(adapter, path, trainable)
+    elif fresh_lora and m.lora_rank > 0:
+        finetune.add_lora(adapter, m)
+    finetune.apply_modes(adapter, m, trainable)
     return adapter
 
 
@@ -304,12 +313,25 @@ def save_checkpoint(
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     with open(tmp / STATE_FILE) as f:
         os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
+    # A checkpoint of the same step (finish_run re-saves the loop's last one) is renamed away before
+    # it is deleted: deleted in place, a kill midway could leave it "complete" (state file still
+    # there) with its weights gone, and resume=auto would pick it.
+    replaced = _set_aside(final) if final.exists() else None
     os.replace(tmp, final)
+    if replaced is not None:
+        shutil.rmtree(replaced)
     if keep_last > 0:
         for old in complete_checkpoints(out)[:-keep_last]:
-            shutil.rmtree(old)
+            shutil.rmtree(_set_aside(old))
     return final
+
+
+def _set_aside(ckpt: Path) -> Path:
+    """Rename a checkpoint to a hidden name that no lookup matches (atomic), for deletion."""
+    trash = ckpt.with_name(f".old-{ckpt.name}")
+    shutil.rmtree(trash, ignore_errors=True)  # left by a kill during an earlier delete
+    os.replace(ckpt, trash)
+    return trash
 
 
 def complete_checkpoints(out: Path) -> list[Path]:

@@ -73,7 +73,7 @@ def _sft(cfg: Config) -> dict:
     with accelerator.local_main_process_first():
         data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
-    adapter = load_model(cfg, resume or resolve_model_path(cfg.model.path, out))
+    adapter = load_model(cfg, resume or resolve_model_path(cfg.model.path, out), fresh_lora=resume is None)
     optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], cfg.train)
     model, optimizer = accelerator.prepare(adapter.model, optimizer)
     state = load_trainer_state(resume, optimizer, scheduler) if resume is not None else {"step": 0}

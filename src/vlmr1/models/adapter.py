@@ -60,6 +60,10 @@ def user_content(problem: str, n_images: int) -> list[dict]:
 class VLMAdapter(Protocol):
     model: torch.nn.Module
     processor: object
+    vision_prefix: str
+    """Parameter-name prefix (in the HF model) of the vision tower, projector included."""
+    projector_prefix: str
+    """Parameter-name prefix of the vision-to-language projector (frozen separately)."""
     reward_overrides: dict[str, str]
     """Reward name -> registered variant this model family needs instead (e.g. another box
     convention); used when ``reward.model_rewards`` is on. Empty for families that need none."""
@@ -88,9 +92,6 @@ class VLMAdapter(Protocol):
 
     def encode_completions(self, texts: list[str]) -> torch.Tensor:
         """Token ids [N, Lc] of target answers, each ending with EOS, right-padded (for SFT)."""
-
-    def vision_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters of the vision tower and projector (for freezing)."""
 
     def save(self, out_dir: str | Path) -> None:
         """Write model and processor in HF format (safetensors)."""

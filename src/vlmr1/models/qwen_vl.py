@@ -18,6 +18,8 @@ class QwenVLAdapter:
     # Qwen2/2.5-VL answer in the conventions the generic rewards score (absolute pixels of the
     # resized input), so the family needs no reward variants.
     reward_overrides: dict[str, str] = {}
+    vision_prefix = "model.visual."  # vision tower, projector included (parameter-name prefix)
+    projector_prefix = "model.visual.merger."  # the patch merger that projects into the LM
 
     def __init__(self, model, processor):
         self.model = model
@@ -120,9 +122,6 @@ class QwenVLAdapter:
         rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
         width = max(len(r) for r in rows)
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # [N, Lc]
-
-    def vision_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.model.model.visual.parameters())
 
     def save(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(out_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
@@ -18,6 +19,7 @@ from ..config import Config
 from ..embedded import prepare_data, resolve_model_path
 from ..evaluate import flat_metrics, run_evals
 from ..models.adapter import PromptBatch
+from ..models.finetune import is_peft
 from ..rewards import compute_rewards, resolve_rewards
 from ..runtime import (
     DataOrder,
@@ -103,11 +105,13 @@ def _train(cfg: Config) -> dict:
         data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
     base_path = resolve_model_path(cfg.model.path, out)
-    policy = load_model(cfg, resume or base_path)
+    policy = load_model(cfg, resume or base_path, fresh_lora=resume is None)
     reward_funcs = resolve_rewards(cfg.reward.funcs, policy.reward_overrides if cfg.reward.model_rewards else None)
     # beta = 0 loads no reference model. The reference is always the starting checkpoint,
-    # also after a resume, and it is the same class as the policy.
-    ref_model = load_model(cfg, base_path, trainable=False).model if a.beta > 0 else None
+    # also after a resume, and it is the same class as the policy. With LoRA it is the policy
+    # itself with its adapters switched off: no second copy of the weights.
+    lora = is_peft(policy.model)
+    ref_model = load_model(cfg, base_path, trainable=False).model if a.beta > 0 and not lora else None
     optimizer, scheduler = build_optimizer([p for p in policy.model.parameters() if p.requires_grad], t)
     model, optimizer = accelerator.prepare(policy.model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -155,7 +159,10 @@ def _train(cfg: Config) -> dict:
         with timers("old"):
             old_logp = frozen_logprobs(model, policy, rollout, t.micro_batch_size, r.temperature) if a.num_iterations > 1 else None
         with timers("ref"):
-            ref_logp = frozen_logprobs(ref_model, policy, rollout, t.micro_batch_size, r.temperature) if ref_model is not None else None
+            ref_logp = None
+            if a.beta > 0:
+                with unwrapped.disable_adapter() if lora else nullcontext():
+                    ref_logp = frozen_logprobs(unwrapped if lora else ref_model, policy, rollout, t.micro_batch_size, r.temperature)
         mask = rollout.completion_mask
         # Losses are means over the GLOBAL batch: rows (grpo) or valid tokens (dapo) of every rank.
         # DDP averages gradients over ranks, so each rank's share is scaled back up by the world size.
