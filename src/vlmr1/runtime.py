@@ -279,11 +279,19 @@ def explain_oom(settings: list[str]):
         ) from e
 
 
-def finish_run(cfg: Config, out: Path, adapter, model, optimizer, scheduler, data, logger: MetricsLogger, summary: dict) -> None:
-    """Rank 0 at the end of SFT or GRPO: final checkpoint and model, held-out evaluation, summary."""
+def finish_run(
+    cfg: Config, out: Path, adapter, model, optimizer, scheduler, data, logger: MetricsLogger, summary: dict, state: dict
+) -> None:
+    """Rank 0 at the end of SFT or GRPO: final checkpoint and model, held-out evaluation, summary.
+
+    ``state`` goes into the final checkpoint's trainer state (e.g. the skipped-step count).
+    """
     from .evaluate import flat_metrics, print_table, run_evals  # evaluate imports this module
 
-    save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler, keep_last=cfg.train.keep_last)
+    # The loop has already saved the last step when save_every divides it: saving it again would
+    # only open a window in which that checkpoint is being replaced.
+    if latest_checkpoint(out) != out / f"checkpoint-{cfg.train.steps}":
+        save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler, state, keep_last=cfg.train.keep_last)
     adapter.save(out / "final")
     if cfg.train.eval_after and data.evals:
         summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
@@ -302,7 +310,9 @@ def save_checkpoint(
     """
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Leftovers of a run killed while writing or deleting: never complete, never resumed from.
+    for stale in [*out.glob(".tmp-checkpoint-*"), *out.glob(".old-checkpoint-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     adapter.save(tmp)
     torch.save(
@@ -336,8 +346,9 @@ def _set_aside(ckpt: Path) -> Path:
 
 def complete_checkpoints(out: Path) -> list[Path]:
     """Checkpoints whose write finished (state file present), oldest first."""
-    done = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).exists()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    # Only checkpoint-<step> names: a user's "checkpoint-best" copy is not part of the sequence.
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit() and (p / STATE_FILE).exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
 def latest_checkpoint(out: Path) -> Path | None:

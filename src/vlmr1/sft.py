@@ -120,6 +120,6 @@ def _sft(cfg: Config) -> dict:
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        finish_run(cfg, out, adapter, model, optimizer, scheduler, data, logger, summary)
+        finish_run(cfg, out, adapter, model, optimizer, scheduler, data, logger, summary, {"skipped_steps": guard.skipped})
     logger.close()
     return summary

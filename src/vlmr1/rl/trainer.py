@@ -245,7 +245,7 @@ def _train(cfg: Config) -> dict:
     accelerator.wait_for_everyone()
     summary["train_seconds"] = time.perf_counter() - wall
     if main:
-        finish_run(cfg, out, policy, unwrapped, optimizer, scheduler, data, logger, summary)
+        finish_run(cfg, out, policy, unwrapped, optimizer, scheduler, data, logger, summary, {"skipped_steps": guard.skipped})
     logger.close()
     return summary
 
