@@ -28,6 +28,8 @@ class ModelConfig:
     """Qwen image processor: smallest image area after resize (None keeps the checkpoint's)."""
     max_pixels: int | None = None
     """Qwen image processor: largest image area after resize (None keeps the checkpoint's)."""
+    max_patches: int | None = None
+    """InternVL image processor: most tiles per image (None keeps the checkpoint's); Qwen models reject it."""
     freeze_vision: bool = False
     """Keep the vision encoder's parameters fixed (the projector is model.freeze_projector)."""
     freeze_projector: bool = False

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data.jsonl import Sample
+from .models.adapter import box_frames
 from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
 from .runtime import make_batch
@@ -43,7 +44,7 @@ def evaluate(
         prompts = adapter.encode_prompts(batch.problems, batch.images)
         out = generate(model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False))
         # The model answers in pixels of its resized input; boxes are scored in the original image.
-        cols = dict(batch.columns, input_size=[sizes[0] if sizes else None for sizes in prompts.input_sizes])
+        cols = dict(batch.columns, input_size=box_frames(adapter, prompts))
         base = [
             {
                 "id": s.id,

@@ -39,7 +39,8 @@ def load_model(cfg: Config, path, trainable: bool = True, fresh_lora: bool = Fal
     m = cfg.model
     lora = finetune.is_lora_checkpoint(path)
     base = finetune.lora_base_path(path) if lora else path
-    adapter = load_adapter(base, dtype=DTYPES[m.dtype], min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+    image = {"min_pixels": m.min_pixels, "max_pixels": m.max_pixels, "max_patches": m.max_patches}
+    adapter = load_adapter(base, dtype=DTYPES[m.dtype], **image)  # unset (None) options are dropped
     if lora:
         finetune.load_lora(adapter, path, trainable)
     elif fresh_lora and m.lora_rank > 0:

@@ -60,13 +60,24 @@ def user_content(problem: str, n_images: int) -> list[dict]:
 class VLMAdapter(Protocol):
     model: torch.nn.Module
     processor: object
+    tokenizer: object
+    """The processor's tokenizer: rollouts decode completions with it."""
     vision_prefix: str
-    """Parameter-name prefix (in the HF model) of the vision tower, projector included."""
-    projector_prefix: str
-    """Parameter-name prefix of the vision-to-language projector (frozen separately)."""
+    """Parameter-name prefix (in the HF model) of the vision tower. The projector may lie inside
+    it (Qwen: ``model.visual.merger.``) or beside it (InternVL: ``model.multi_modal_projector.``)."""
+    projector_prefix: str | tuple[str, ...]
+    """Parameter-name prefix(es) of the vision-to-language projector(s) (frozen separately); a tuple
+    where there are several, e.g. Qwen3-VL's final merger and its DeepStack mergers."""
+    box_frame: str
+    """"input" (boxes in pixels of the resized model input) or "norm1000" (0-1000 of the image)."""
     reward_overrides: dict[str, str]
     """Reward name -> registered variant this model family needs instead (e.g. another box
     convention); used when ``reward.model_rewards`` is on. Empty for families that need none."""
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> "VLMAdapter":
+        """Model and processor from a local HF folder; ``image_kwargs`` (None = keep the saved value)
+        set the image size in the family's own terms, and options of other families raise ValueError."""
 
     @property
     def eos_token_ids(self) -> list[int]: ...
@@ -97,6 +108,29 @@ class VLMAdapter(Protocol):
         """Write model and processor in HF format (safetensors)."""
 
 
+def encode_answers(tokenizer, texts: list[str], pad_id: int) -> torch.Tensor:
+    """Token ids [N, Lc] of target answers, each ending with EOS, right-padded (for SFT)."""
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+NORM_1000 = (1000, 1000)
+"""The frame of models that answer boxes normalised to 0-1000 of the image (Qwen2-VL, Qwen3-VL, InternVL)."""
+
+
+def box_frames(adapter, prompts: PromptBatch) -> list[tuple[int, int] | None]:
+    """Per prompt, the (w, h) frame of the model's box answers, None for a prompt without images.
+
+    Rewards and evaluation map a predicted box from this frame to the original image (the
+    ``input_size`` column). Qwen2.5-VL answers in pixels of its resized input; the 0-1000
+    families in a fixed 1000 x 1000 frame, whatever the image's size.
+    """
+    if adapter.box_frame == "input":
+        return [sizes[0] if sizes else None for sizes in prompts.input_sizes]
+    return [NORM_1000 if sizes else None for sizes in prompts.input_sizes]
+
+
 def model_type(path: str | Path) -> str:
     config = Path(path) / "config.json"
     if not config.exists():
@@ -105,10 +139,22 @@ def model_type(path: str | Path) -> str:
 
 
 def load_adapter(path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> VLMAdapter:
-    """The adapter for the checkpoint at ``path``, chosen by its config's ``model_type``."""
+    """The adapter for the checkpoint at ``path``, chosen by its config's ``model_type``.
+
+    ``image_kwargs`` set the image size where not None: ``min_pixels``/``max_pixels`` for the
+    Qwen families, ``min_patches``/``max_patches`` (tiles) for InternVL; an adapter rejects
+    options that do not apply to its family.
+    """
+    from .internvl import INTERNVL_MODEL_TYPES, InternVLAdapter
+    from .qwen3_vl import QWEN3_MODEL_TYPES, Qwen3VLAdapter
     from .qwen_vl import QWEN_MODEL_TYPES, QwenVLAdapter
 
+    adapters = {
+        **{k: QwenVLAdapter for k in QWEN_MODEL_TYPES},
+        **{k: Qwen3VLAdapter for k in QWEN3_MODEL_TYPES},
+        **{k: InternVLAdapter for k in INTERNVL_MODEL_TYPES},
+    }
     kind = model_type(path)
-    if kind in QWEN_MODEL_TYPES:
-        return QwenVLAdapter.load(path, dtype=dtype, **image_kwargs)
-    raise ValueError(f"{path}: model_type {kind!r} has no adapter (supported: {sorted(QWEN_MODEL_TYPES)})")
+    if kind not in adapters:
+        raise ValueError(f"{path}: model_type {kind!r} has no adapter (supported: {sorted(adapters)})")
+    return adapters[kind].load(path, dtype=dtype, **image_kwargs)

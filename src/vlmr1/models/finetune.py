@@ -59,8 +59,11 @@ def projector_parameters(adapter) -> list[torch.nn.Parameter]:
     return [p for n, p in adapter.model.named_parameters() if _hf_name(n).startswith(adapter.projector_prefix)]
 
 
-def _vision_module_names(model, vision_prefix: str) -> list[str]:
-    return [n for n, _ in model.named_modules() if n.startswith(vision_prefix.rstrip("."))]
+def _vision_module_names(adapter) -> list[str]:
+    """Modules of the vision tower and projector(s): InternVL's projector sits outside the tower."""
+    proj = adapter.projector_prefix if isinstance(adapter.projector_prefix, tuple) else (adapter.projector_prefix,)
+    prefixes = tuple(p.rstrip(".") for p in (adapter.vision_prefix, *proj))
+    return [n for n, _ in adapter.model.named_modules() if n.startswith(prefixes)]
 
 
 def add_lora(adapter, m) -> None:
@@ -72,7 +75,7 @@ def add_lora(adapter, m) -> None:
     """
     from peft import LoraConfig, get_peft_model
 
-    exclude = None if m.lora_vision else _vision_module_names(adapter.model, adapter.vision_prefix)
+    exclude = None if m.lora_vision else _vision_module_names(adapter)
     config = LoraConfig(
         r=m.lora_rank,
         lora_alpha=m.lora_alpha,

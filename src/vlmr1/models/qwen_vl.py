@@ -1,17 +1,46 @@
-"""Adapter for the Qwen-VL family (Qwen2-VL, Qwen2.5-VL) through transformers' own classes."""
+"""Adapter for the Qwen-VL family (Qwen2-VL, Qwen2.5-VL) through transformers' own classes.
+
+Qwen2-VL and Qwen2.5-VL take the same inputs (pixel patches, ``image_grid_thw`` and
+``mm_token_type_ids`` for the 3-D rotary positions), so one adapter serves both; only the model
+class (chosen by transformers from config.json) and the saved processor class differ.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from .adapter import PromptBatch, user_content
-from .processing import load_qwen_processor, save_qwen_processor
+from .adapter import PromptBatch, encode_answers, user_content
+from .processing import QwenImageOnlyProcessor, load_qwen_processor, save_qwen_processor
 
 QWEN_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
+# The stock processor of each model type, named in saved folders so that where torchvision is
+# present AutoProcessor builds the family's own processor (and video processor).
+STOCK_PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+
+
+def name_processor_class(out_dir: str | Path, name: str) -> None:
+    """Record ``name`` as ``processor_class`` in the processor files saved in ``out_dir``.
+
+    Image-only processors (built where torchvision is missing) would record their own class name,
+    which no other installation can load.
+    """
+    for file in Path(out_dir).glob("*.json"):
+        data = json.loads(file.read_text())
+        if isinstance(data, dict) and data.get("processor_class"):
+            data["processor_class"] = name
+            file.write_text(json.dumps(data, indent=2))
+
+
+def save_qwen2_processor(processor, out_dir: str | Path) -> None:
+    """``save_qwen_processor`` for a Qwen2-VL checkpoint: the same files, naming ``Qwen2VLProcessor``."""
+    save_qwen_processor(processor, out_dir)
+    if isinstance(processor, QwenImageOnlyProcessor):
+        name_processor_class(out_dir, STOCK_PROCESSORS["qwen2_vl"])
 
 
 class QwenVLAdapter:
@@ -30,15 +59,28 @@ class QwenVLAdapter:
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> "QwenVLAdapter":
         image_kwargs = {k: v for k, v in image_kwargs.items() if v is not None}
-        processor = load_qwen_processor(path, **image_kwargs)
+        unknown = sorted(set(image_kwargs) - {"min_pixels", "max_pixels"})
+        if unknown:
+            raise ValueError(f"{path}: Qwen-VL sizes images in pixels; {unknown} do not apply (use min_pixels/max_pixels)")
+        processor = cls.load_processor(path, **image_kwargs)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
         return cls(model, processor)
+
+    @staticmethod
+    def load_processor(path: str | Path, **image_kwargs):
+        return load_qwen_processor(path, **image_kwargs)
 
     @property
     def eos_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
         ids = eos if isinstance(eos, list) else [eos]
         return sorted({i for i in ids if i is not None} | {self.tokenizer.eos_token_id})
+
+    @property
+    def box_frame(self) -> str:
+        # Qwen2.5-VL grounds in absolute pixels of its resized input; Qwen2-VL (and Qwen3-VL,
+        # which subclasses this adapter) in a 0-1000 frame normalised to the image.
+        return "input" if self.model.config.model_type == "qwen2_5_vl" else "norm1000"
 
     @property
     def suppressed_token_ids(self) -> list[int]:
@@ -118,11 +160,11 @@ class QwenVLAdapter:
         return inputs
 
     def encode_completions(self, texts: list[str]) -> torch.Tensor:
-        eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # [N, Lc]
+        return encode_answers(self.tokenizer, texts, self.pad_token_id)
 
     def save(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(out_dir)
-        save_qwen_processor(self.processor, out_dir)
+        if self.model.config.model_type == "qwen2_vl":
+            save_qwen2_processor(self.processor, out_dir)
+        else:
+            save_qwen_processor(self.processor, out_dir)

@@ -30,12 +30,15 @@ SPECIAL_TOKENS = [
 
 # Qwen's chat layout (system turn added when absent; images in place as
 # <|vision_start|><|image_pad|><|vision_end|>), written for this project.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+SYSTEM_TURN = (
     "{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
+)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    + SYSTEM_TURN
+    + "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"

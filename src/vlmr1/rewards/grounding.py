@@ -33,6 +33,8 @@ learns to inflate boxes towards that bound, so the tight reward stops paying the
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _BOX4 = rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
 _BOX_RE = re.compile(_BOX4)
+# Qwen2-VL's native grounding output: <|box_start|>(x1,y1),(x2,y2)<|box_end|> (0-1000 frame).
+_POINT_PAIR_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 # Qwen2.5-VL's native grounding output: [{"bbox_2d": [x1, y1, x2, y2], "label": "..."}].
 # Looked for first so that another 4-number list earlier in the JSON does not win.
 _BBOX_2D_RE = re.compile(r"[\"']bbox_2d[\"']\s*:\s*" + _BOX4)
@@ -54,11 +56,11 @@ def parse_box(text: str) -> Box | None:
     """First ``[x1, y1, x2, y2]`` of exactly four numbers in the answer, or None.
 
     Accepts ints, floats, negative values and free spacing; a ``"bbox_2d": [...]`` key wins over
-    a bare list. Inverted boxes are returned as written (``iou`` rejects them), so that a parse
+    a bare list, and Qwen2-VL's corner pairs ``(x1,y1),(x2,y2)`` are read when there is no list. Inverted boxes are returned as written (``iou`` rejects them), so that a parse
     failure and a wrong box stay distinguishable.
     """
     region = answer_content(text)
-    m = _BBOX_2D_RE.search(region) or _BOX_RE.search(region)
+    m = _BBOX_2D_RE.search(region) or _BOX_RE.search(region) or _POINT_PAIR_RE.search(region)
     return [float(g) for g in m.groups()] if m else None
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..embedded import prepare_data, resolve_model_path
 from ..evaluate import flat_metrics, run_evals
-from ..models.adapter import PromptBatch
+from ..models.adapter import PromptBatch, box_frames
 from ..models.finetune import is_peft
 from ..rewards import compute_rewards, resolve_rewards
 from ..runtime import (
@@ -145,7 +145,7 @@ def _train(cfg: Config) -> dict:
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
             columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
-            columns["input_size"] = [s[0] if s else None for s in rollout.prompts.input_sizes]
+            columns["input_size"] = box_frames(policy, rollout.prompts)  # the frame boxes are answered in
             # Token counts, for length-shaped rewards (characters would favour short tokens).
             columns["completion_length"] = rollout.completion_mask.sum(1).tolist()
             columns["max_completion_length"] = [r.max_completion_length] * len(rollout.texts)
