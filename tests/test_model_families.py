@@ -346,3 +346,21 @@ def test_qwen2_5_vl_answers_in_pixels_of_its_resized_input(tiny_adapter, make_im
 
     prompts = tiny_adapter.encode_prompts(["<image>Where?"], [[make_image(1, (150, 90))]])
     assert tiny_adapter.box_frame == "input" and box_frames(tiny_adapter, prompts) == [prompts.input_sizes[0][0]]
+
+
+@pytest.mark.parametrize("lora_vision", [False, True])
+def test_lora_skips_the_projector_outside_the_vision_tower(fam, lora_vision):
+    # InternVL's projector (model.multi_modal_projector) is not under the vision tower's prefix;
+    # a target naming its layers must still leave it alone unless model.lora_vision is set.
+    from vlmr1.config import load_config
+    from vlmr1.runtime import load_model
+
+    name, _, path, _ = fam
+    if name != "internvl":
+        pytest.skip("only InternVL keeps its projector outside the vision tower")
+    cfg = load_config(None, [f"model.path={path}", "model.lora_rank=2", "model.lora_target_modules=[linear_1, q_proj]",
+                             f"model.lora_vision={str(lora_vision).lower()}"])  # fmt: skip
+    adapter = load_model(cfg, path, fresh_lora=True)
+    wrapped = {n.split(".lora_A")[0] for n, _ in adapter.model.named_parameters() if ".lora_A." in n}
+    assert any(n.endswith("q_proj") and "language_model" in n for n in wrapped)
+    assert any("multi_modal_projector" in n for n in wrapped) == lora_vision
