@@ -93,7 +93,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tiny_dir, reward_f
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
         assert a["reward_std"] == pytest.approx(b["reward_std"], abs=1e-5)
         assert a["completion_length"] == b["completion_length"]
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)  # ~8 fp32 ulps at loss ~2.5
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
     w1, w2 = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     start = load_file(tiny_dir / "model.safetensors")

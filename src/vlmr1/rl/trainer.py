@@ -45,6 +45,7 @@ from ..runtime import (
 from . import algos
 from .logprobs import completion_logprobs
 from .rollout import Rollout, Sampling, generate
+from .shared_prompt import shared_prompt_logprobs
 
 
 def micro_batches(rows: list[int], size: int) -> list[list[int]]:
@@ -58,22 +59,31 @@ def micro_batches(rows: list[int], size: int) -> list[list[int]]:
     return runs
 
 
-def rows_of(adapter, rollout: Rollout, rows: list[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Model inputs, completion ids and mask for a contiguous run of rollout rows."""
+def chunk_logprobs(model, adapter, rollout: Rollout, unique: PromptBatch | None, G: int, rows: list[int], temperature: float):
+    """Log-probs [n, Lc], completion ids and mask for a contiguous run of rollout rows.
+
+    With ``unique`` (the P unrepeated prompts) each prompt of the run is encoded once and its
+    completions attend to the shared cache (``shared_prompt``: exact, up to G x less prompt
+    work); without, the rows' repeated prompts are run in full.
+    """
     start, stop = rows[0], rows[-1] + 1
-    prompts: PromptBatch = adapter.slice_prompts(rollout.prompts, start, stop)
     ids, mask = rollout.completion_ids[start:stop], rollout.completion_mask[start:stop]
-    return adapter.sequence_inputs(prompts, ids, mask), ids, mask
+    if unique is not None:
+        first, last = start // G, (stop - 1) // G + 1
+        counts = [min(stop, (i + 1) * G) - max(start, i * G) for i in range(first, last)]  # a run may cut a group
+        prompts = adapter.slice_prompts(unique, first, last)
+        logp = shared_prompt_logprobs(model, adapter, prompts, ids, mask, counts, temperature, adapter.suppressed_token_ids)
+    else:
+        inputs = adapter.sequence_inputs(adapter.slice_prompts(rollout.prompts, start, stop), ids, mask)
+        logp = completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids)
+    return logp, ids, mask
 
 
 @torch.no_grad()
-def frozen_logprobs(model, adapter, rollout: Rollout, size: int, temperature: float) -> torch.Tensor:
+def frozen_logprobs(model, adapter, rollout: Rollout, unique, G: int, size: int, temperature: float) -> torch.Tensor:
     """Log-probs [N, Lc] without gradients (old policy for mu > 1, or the reference model)."""
-    out = []
-    for rows in micro_batches(list(range(len(rollout.texts))), size):
-        inputs, ids, _ = rows_of(adapter, rollout, rows)
-        out.append(completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids))
-    return torch.cat(out)
+    rows = micro_batches(list(range(len(rollout.texts))), size)
+    return torch.cat([chunk_logprobs(model, adapter, rollout, unique, G, run, temperature)[0] for run in rows])
 
 
 # What lowers GPU memory in a GRPO step, most effective first.
@@ -129,6 +139,10 @@ def _train(cfg: Config) -> dict:
     if t.eval_before and start == 0 and main and data.evals:
         summary["before"] = run_evals(cfg, unwrapped, policy, data, out, "before")
         logger.log(0, flat_metrics(summary["before"]))
+    # Gradient checkpointing drops the KV cache the shared-prompt path is built on.
+    shared_prompt = t.shared_prompt and not cfg.model.gradient_checkpointing
+    if t.shared_prompt and not shared_prompt and main:
+        print("train.shared_prompt: off, because model.gradient_checkpointing drops the prompt's KV cache")
     sampling = Sampling(r.max_completion_length, True, r.temperature, r.top_p, r.top_k, r.repetition_penalty)
     order = DataOrder(len(data.train), t.seed, t.prompts_per_step, world, rank)
     timers = Timers()
@@ -138,10 +152,12 @@ def _train(cfg: Config) -> dict:
         # 1. Rollout: P prompts, each repeated G times, one sampled completion per row.
         with timers("gen"):
             batch = make_batch([data.train[i] for i in order.indices(step)], cfg.data.task)
-            prompts = policy.repeat_prompts(policy.encode_prompts(batch.problems, batch.images), G)
+            unique = policy.encode_prompts(batch.problems, batch.images).to(accelerator.device)
+            prompts = policy.repeat_prompts(unique, G)
             torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + rank)  # same samples after a resume
             with full_parameters(accelerator, model):
-                rollout = generate(unwrapped, policy, prompts.to(accelerator.device), sampling)
+                rollout = generate(unwrapped, policy, prompts, sampling)
+        shared = unique if shared_prompt else None
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
             columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
@@ -157,12 +173,12 @@ def _train(cfg: Config) -> dict:
         rows = [i for i in range(len(rollout.texts)) if keep[i]]
         # 4. Frozen log-probs: the old policy (only needed when mu > 1) and the reference.
         with timers("old"):
-            old_logp = frozen_logprobs(model, policy, rollout, t.micro_batch_size, r.temperature) if a.num_iterations > 1 else None
+            old_logp = frozen_logprobs(model, policy, rollout, shared, G, t.micro_batch_size, r.temperature) if a.num_iterations > 1 else None
         with timers("ref"):
             ref_logp = None
             if a.beta > 0:
                 with unwrapped.disable_adapter() if lora else nullcontext():
-                    ref_logp = frozen_logprobs(unwrapped if lora else ref_model, policy, rollout, t.micro_batch_size, r.temperature)
+                    ref_logp = frozen_logprobs(unwrapped if lora else ref_model, policy, rollout, shared, G, t.micro_batch_size, r.temperature)
         mask = rollout.completion_mask
         # Losses are means over the GLOBAL batch: rows (grpo) or valid tokens (dapo) of every rank.
         # DDP averages gradients over ranks, so each rank's share is scaled back up by the world size.
@@ -179,8 +195,7 @@ def _train(cfg: Config) -> dict:
                 finite = True
                 for k, chunk in enumerate(chunks):
                     with micro_batch(accelerator, model, last=k == len(chunks) - 1):
-                        inputs, ids, m = rows_of(policy, rollout, chunk)
-                        logp = completion_logprobs(model, inputs, ids, r.temperature, policy.suppressed_token_ids)  # [n, Lc]
+                        logp, ids, m = chunk_logprobs(model, policy, rollout, shared, G, chunk, r.temperature)  # [n, Lc]
                         sel = torch.tensor(chunk)
                         res = algos.policy_loss(
                             logp,
