@@ -29,21 +29,19 @@ Determinism: sample ``i`` draws only from ``np.random.default_rng([seed, split_c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 
 from .det import place
-from .rec import ALL_PAIRS, COLOURS, SHAPES, TRAIN_PAIRS, Shape, background, render, write_jsonl
+from .rec import ALL_PAIRS, COLOURS, SHAPES, TRAIN_PAIRS, Shape, background, check_split, output_dir, render, sample_rng, write_jsonl
 
 QUESTIONS = {
     "colour": "<image>How many {a} objects are there?",
     "shape": "<image>How many {a}s are there?",
     "difference": "<image>How many more {a}s than {b}s are there?",
 }
-_SPLIT_CODE = {"in": 0, "ood": 1}
 _MAX_TRIES = 20
 
 
@@ -111,19 +109,17 @@ def generate_count(
 
     Ids are ``count-{name or split}-{i:06d}`` (1-based). Returns the JSONL path.
     """
-    if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'in' or 'ood', got {split!r}")
+    check_split(split)
     if n < 1:
         raise ValueError(f"need n >= 1, got {n=}")
     if image_size < 64:
         raise ValueError(f"need image_size >= 64 to fit the scenes, got {image_size=}")
     cfg = SPLITS[split]
     tag = name or split
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     rows = []
     for i in range(1, n + 1):
-        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        rng = sample_rng(seed, split, i)
         kind = list(QUESTIONS)[int(rng.integers(len(QUESTIONS)))]
         target = int(rng.integers(cfg.answers[0], cfg.answers[1] + 1))
         for _ in range(_MAX_TRIES):

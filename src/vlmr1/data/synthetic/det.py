@@ -32,13 +32,12 @@ from typing import Literal
 
 import numpy as np
 
-from .rec import ALL_PAIRS, HELD_OUT, TRAIN_PAIRS, Shape, background, place_one, render, write_jsonl
+from .rec import ALL_PAIRS, HELD_OUT, TRAIN_PAIRS, Shape, background, check_split, output_dir, place_one, render, sample_rng, write_jsonl
 
 PROMPT = (
     "<image>Detect every object of these categories: {categories}. "
     'Answer with a JSON list of {{"bbox_2d": [x1, y1, x2, y2], "label": category}}.'
 )
-_SPLIT_CODE = {"in": 0, "ood": 1}
 DUPLICATE_PROB = 0.3
 """Chance that an extra object (beyond one per target category) repeats a target category."""
 
@@ -137,8 +136,7 @@ def generate_det(
     caps the present categories listed. Ids are ``det-{name or split}-{i:06d}`` (1-based).
     Returns the JSONL path.
     """
-    if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'in' or 'ood', got {split!r}")
+    check_split(split)
     if n < 1 or not 1 <= min_objects <= max_objects:
         raise ValueError(f"need n >= 1 and 1 <= min_objects <= max_objects, got {n=}, {min_objects=}, {max_objects=}")
     if not 1 <= n_absent[0] <= n_absent[1] or max_targets < 1:
@@ -146,15 +144,14 @@ def generate_det(
     if not 1 <= min_size <= max_size <= image_size:
         raise ValueError(f"need 1 <= min_size <= max_size <= image_size, got {min_size=}, {max_size=}, {image_size=}")
     tag = name or split
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     if split == "in":
         pools, lo, hi, bg_kind = (TRAIN_PAIRS, TRAIN_PAIRS, TRAIN_PAIRS), min_objects, max_objects, "plain"
     else:
         pools, lo, hi, bg_kind = (HELD_OUT, ALL_PAIRS, HELD_OUT), min_objects + 2, max_objects + 2, "noise"
     rows = []
     for i in range(1, n + 1):
-        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        rng = sample_rng(seed, split, i)
         n_obj = int(rng.integers(lo, hi + 1))
         k_absent = int(rng.integers(n_absent[0], n_absent[1] + 1))
         objects, queried = det_scene(

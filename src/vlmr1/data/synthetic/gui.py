@@ -37,7 +37,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .rec import too_close, write_jsonl
+from .rec import check_split, output_dir, sample_rng, too_close, write_jsonl
 
 DEFECTS = ("none", "missing_widget", "shifted_widget", "color_change", "text_overlap", "truncated_text")
 PROMPT = (
@@ -47,7 +47,6 @@ PROMPT = (
 )
 FONT = ImageFont.load_default()
 TITLE_H, ROW_H, ROW_GAP, MAX_ROWS = 12, 15, 3, 5
-_SPLIT_CODE = {"in": 0, "ood": 1}
 Box = tuple[int, int, int, int]
 RGB = tuple[int, int, int]
 
@@ -253,15 +252,13 @@ def generate_gui(
     Ids are ``gui-{name or split}-{i:06d}`` (1-based); images ``{id}_before.png`` and
     ``{id}_after.png``. Returns the JSONL path.
     """
-    if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'in' or 'ood', got {split!r}")
+    check_split(split)
     if n < 1 or not 0.0 <= none_fraction <= 1.0 or image_size < 100:  # 5 rows of widgets need >= 100 px
         raise ValueError(f"need n >= 1, 0 <= none_fraction <= 1, image_size >= 100 {n=} {none_fraction=} {image_size=}")
-    cfg, tag, out_dir = SPLITS[split], name or split, Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    cfg, tag, out_dir = SPLITS[split], name or split, output_dir(out_dir)
     rows = []
     for i in range(1, n + 1):
-        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        rng = sample_rng(seed, split, i)
         theme = THEMES[split][int(rng.integers(len(THEMES[split])))]
         title = TITLES[int(rng.integers(len(TITLES)))]
         before = layout(rng, int(rng.integers(cfg.widgets[0], cfg.widgets[1] + 1)), theme, image_size)

@@ -60,7 +60,24 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
 )
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT)
 PROMPT = "<image>Please provide the bounding box coordinate of the region this sentence describes: {query}."
-_SPLIT_CODE = {"in": 0, "ood": 1}
+SPLIT_CODE = {"in": 0, "ood": 1}
+
+
+def check_split(split: str) -> None:
+    if split not in SPLIT_CODE:
+        raise ValueError(f"split must be 'in' or 'ood', got {split!r}")
+
+
+def sample_rng(seed: int, split: str, i: int) -> np.random.Generator:
+    """Sample ``i``'s own generator: every sample depends only on (seed, split, i)."""
+    return np.random.default_rng([seed, SPLIT_CODE[split], i])
+
+
+def output_dir(out_dir) -> Path:
+    """``out_dir`` with its ``images/`` folder created."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
 
 
 class Shape(NamedTuple):
@@ -192,22 +209,20 @@ def generate_rec(
     as the image folder). Ids are ``rec-{name or split}-{i:06d}`` (1-based), so
     several named sets can share one `out_dir`. Returns the JSONL path.
     """
-    if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'in' or 'ood', got {split!r}")
+    check_split(split)
     if n < 1 or not 1 <= min_objects <= max_objects:
         raise ValueError(f"need n >= 1 and 1 <= min_objects <= max_objects, got {n=}, {min_objects=}, {max_objects=}")
     if not 1 <= min_size <= max_size <= image_size:
         raise ValueError(f"need 1 <= min_size <= max_size <= image_size, got {min_size=}, {max_size=}, {image_size=}")
     tag = name or split
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     if split == "in":
         targets, distractors, lo, hi, bg_kind = TRAIN_PAIRS, TRAIN_PAIRS, min_objects, max_objects, "plain"
     else:
         targets, distractors, lo, hi, bg_kind = HELD_OUT, ALL_PAIRS, min_objects + 2, max_objects + 2, "noise"
     rows = []
     for i in range(1, n + 1):
-        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        rng = sample_rng(seed, split, i)
         n_obj = int(rng.integers(lo, hi + 1))
         objects = scene(rng, n_obj, targets, distractors, image_size, min_size, max_size)
         img = render(objects, background(rng, image_size, bg_kind))
