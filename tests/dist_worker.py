@@ -42,5 +42,10 @@ def fixed_generate(group_size: int):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     group_size, overrides = int(sys.argv[1]), json.loads(sys.argv[2])
-    trainer_module.generate = fixed_generate(group_size)
+    fixed = fixed_generate(group_size)
+    trainer_module.generate = fixed
+    # The prefill-once path gets the unrepeated prompts: repeat them, then the same fixed rows.
+    trainer_module.generate_shared = lambda model, adapter, prompts, G, sampling: fixed(
+        model, adapter, adapter.repeat_prompts(prompts, G), sampling
+    )
     trainer_module.train(load_config(None, overrides))

@@ -356,6 +356,7 @@ def test_gpu_out_of_memory_names_the_settings_to_lower(tiny_dir, reward_file, tm
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer_module, "generate", oom)
+    monkeypatch.setattr(trainer_module, "generate_shared", oom)
     cfg = grpo_config(tiny_dir, reward_file, tmp_path / "run", "train.eval_before=false")
     with pytest.raises(RuntimeError, match=r"GPU out of memory \(CUDA out of memory.*train.micro_batch_size.*max_completion_length"):
         train(cfg)

@@ -143,9 +143,9 @@ class TrainConfig:
     micro_batch_size: int = 64
     """Sequences per forward/backward (gradient accumulation over the rest)."""
     shared_prompt: bool = True
-    """GRPO log-probs: encode each prompt once per group and let its G completions attend to it
-    (exact; false repeats the prompt G times). Off under model.gradient_checkpointing, which drops
-    the prompt's KV cache."""
+    """GRPO rollouts and log-probs: encode each prompt once per group and let its G completions
+    attend to it (exact: same samples, same log-probs to fp32 rounding; false repeats the prompt
+    G times). Off under model.gradient_checkpointing, which drops the prompt's KV cache."""
     lr: float = 1e-4
     """AdamW learning rate."""
     weight_decay: float = 0.0

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from ..models.adapter import PromptBatch
 from .algos import completion_mask
+from .shared_prompt import prefill
 
 
 @dataclass
@@ -68,12 +76,70 @@ def generate(model, adapter, prompts: PromptBatch, sampling: Sampling) -> Rollou
     model.eval()
     out = model.generate(**inputs, generation_config=config)
     model.train(was_training)
-    completion_ids = out[:, prompts.input_ids.shape[1] :]  # [N, Lc]
-    if completion_ids.shape[1] == 0:  # every row hit EOS at once? generate always emits >= 1 token
+    return _finish(adapter, prompts, out[:, prompts.input_ids.shape[1] :])
+
+
+def _finish(adapter, prompts: PromptBatch, completion_ids: torch.Tensor) -> Rollout:
+    """Mask and decode sampled completions [N, Lc]; ``prompts`` are the N (repeated) prompt rows."""
+    if completion_ids.shape[1] == 0:  # generate always emits >= 1 token
         raise RuntimeError("generate returned no new tokens")
     mask = completion_mask(completion_ids, adapter.eos_token_ids)
     # Everything after the first EOS becomes padding, so later forwards see clean rows.
     completion_ids = completion_ids.masked_fill(mask == 0, adapter.pad_token_id)
     texts = adapter.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(prompts, completion_ids, mask, texts)
+
+
+def _logits_processors(s: Sampling, suppress: list[int]) -> LogitsProcessorList:
+    """The processors ``generate`` builds from ``generation_config(s)``, in its order."""
+    procs = LogitsProcessorList()
+    if s.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
+    if suppress:
+        procs.append(SuppressTokensLogitsProcessor(suppress))
+    if s.temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(s.temperature))
+    if s.top_k:
+        procs.append(TopKLogitsWarper(s.top_k))
+    if s.top_p < 1.0:
+        procs.append(TopPLogitsWarper(s.top_p))
+    return procs
+
+
+@torch.no_grad()
+def generate_shared(model, adapter, prompts: PromptBatch, group_size: int, sampling: Sampling) -> Rollout:
+    """``group_size`` completions for each of the P UNREPEATED ``prompts``, prefilling each once.
+
+    ``generate`` on G-times repeated prompts runs every prompt (vision tower included) G times
+    in its prefill; here the P prompts run once and the G rows decode from the expanded cache.
+    Same processors, same random draws: with the same seed it samples the same tokens as
+    ``generate`` on ``adapter.repeat_prompts(prompts, G)`` (tested). Sampling only.
+    """
+    if not sampling.do_sample:
+        raise ValueError("generate_shared samples; use generate for greedy decoding")
+    was_training = model.training
+    model.eval()
+    pre = prefill(model, adapter, prompts, group_size)
+    procs = _logits_processors(sampling, adapter.suppressed_token_ids)
+    repeated = adapter.repeat_prompts(prompts, group_size)
+    ids, mask = repeated.input_ids, pre.attention_mask  # [N, Lp]: the penalty sees the prompt too
+    eos = torch.tensor(adapter.eos_token_ids, device=ids.device)
+    running = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    logits = pre.first_logits[:, -1].float()
+    for t in range(sampling.max_new_tokens):
+        scores = procs(ids, logits)
+        nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)  # [N]
+        nxt = torch.where(running, nxt, torch.full_like(nxt, adapter.pad_token_id))
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        running &= ~torch.isin(nxt, eos)
+        if not running.any() or t == sampling.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = (pre.next_position + t)[:, None]
+        if pre.mrope:
+            positions = positions.unsqueeze(0).expand(3, -1, -1)  # text: time = height = width
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, past_key_values=pre.cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+    model.train(was_training)
+    return _finish(adapter, repeated, ids[:, repeated.input_ids.shape[1] :])
 

@@ -44,7 +44,7 @@ from ..runtime import (
 )
 from . import algos
 from .logprobs import completion_logprobs
-from .rollout import Rollout, Sampling, generate
+from .rollout import Rollout, Sampling, generate, generate_shared
 from .shared_prompt import shared_prompt_logprobs
 
 
@@ -153,10 +153,12 @@ def _train(cfg: Config) -> dict:
         with timers("gen"):
             batch = make_batch([data.train[i] for i in order.indices(step)], cfg.data.task)
             unique = policy.encode_prompts(batch.problems, batch.images).to(accelerator.device)
-            prompts = policy.repeat_prompts(unique, G)
             torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + rank)  # same samples after a resume
             with full_parameters(accelerator, model):
-                rollout = generate(unwrapped, policy, prompts, sampling)
+                if shared_prompt:  # each prompt prefilled once, its G rows decoded from the shared cache
+                    rollout = generate_shared(unwrapped, policy, unique, G, sampling)
+                else:
+                    rollout = generate(unwrapped, policy, policy.repeat_prompts(unique, G), sampling)
         shared = unique if shared_prompt else None
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
