@@ -108,6 +108,13 @@ class VLMAdapter(Protocol):
         """Write model and processor in HF format (safetensors)."""
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the generation config's EOS ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return sorted({i for i in ids if i is not None} | {tokenizer.eos_token_id})
+
+
 def encode_answers(tokenizer, texts: list[str], pad_id: int) -> torch.Tensor:
     """Token ids [N, Lc] of target answers, each ending with EOS, right-padded (for SFT)."""
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]

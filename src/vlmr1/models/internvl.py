@@ -37,7 +37,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil, get_optimal_tiled_canvas
 
-from .adapter import PromptBatch, encode_answers, user_content
+from .adapter import PromptBatch, encode_answers, stop_token_ids, user_content
 from .processing import has_torchvision
 
 INTERNVL_MODEL_TYPES = {"internvl"}
@@ -136,9 +136,7 @@ class InternVLAdapter:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = eos if isinstance(eos, list) else [eos]
-        return sorted({i for i in ids if i is not None} | {self.tokenizer.eos_token_id})
+        return stop_token_ids(self.model, self.tokenizer)
 
     @property
     def suppressed_token_ids(self) -> list[int]:

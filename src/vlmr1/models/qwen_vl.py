@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from .adapter import PromptBatch, encode_answers, user_content
+from .adapter import PromptBatch, encode_answers, stop_token_ids, user_content
 from .processing import QwenImageOnlyProcessor, load_qwen_processor, save_qwen_processor
 
 QWEN_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
@@ -72,9 +72,7 @@ class QwenVLAdapter:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = eos if isinstance(eos, list) else [eos]
-        return sorted({i for i in ids if i is not None} | {self.tokenizer.eos_token_id})
+        return stop_token_ids(self.model, self.tokenizer)
 
     @property
     def box_frame(self) -> str:
