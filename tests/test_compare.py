@@ -1,0 +1,102 @@
+"""vlmr1 compare: curves from metrics logs, mean and spread over seeds, equal samples seen, a real tiny study."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmr1.compare import Study, build_study, collect, eval_curves, run_dir, run_study, table, train_seconds, write_outputs
+from vlmr1.config import ConfigError
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fake_run(out: Path, method: str, seed: int, in_accs: list[float], times: list[float]) -> None:
+    """A run evaluated at steps 0, 2 (``eval/``) and 4 (``eval_after/``), with one training line per step."""
+    rows = [{"step": 0, "eval/in/acc50": in_accs[0], "eval/in/mean_iou": 0.1}]
+    for step, t in enumerate(times, start=1):
+        rows.append({"step": step, "reward": 0.5, "time/gen": t, "time/update": 2 * t})
+        if step == 2:
+            rows.append({"step": 2, "eval/in/acc50": in_accs[1], "eval/in/mean_iou": 0.2})
+    rows.append({"step": 4, "eval_after/in/acc50": in_accs[2], "eval_after/in/mean_iou": 0.3})
+    write_metrics(out / f"{method}-seed{seed}" / "metrics.jsonl", rows)
+
+
+def test_eval_curves_reads_eval_and_final_lines_only(tmp_path):
+    fake_run(tmp_path, "sft", 0, [0.5, 0.6, 0.7], [1.0, 1.0, 1.0, 1.0])
+    curves = eval_curves(tmp_path / "sft-seed0" / "metrics.jsonl")
+    assert curves == {"in": {0: {"acc50": 0.5, "mean_iou": 0.1}, 2: {"acc50": 0.6, "mean_iou": 0.2}, 4: {"acc50": 0.7, "mean_iou": 0.3}}}
+
+
+def test_train_seconds_sums_stage_timers(tmp_path):
+    fake_run(tmp_path, "grpo", 0, [0.5, 0.6, 0.7], [1.0, 0.5, 0.25, 0.25])
+    # Each step logs gen t and update 2t: 3 * (1 + 0.5 + 0.25 + 0.25) = 6.
+    assert train_seconds(tmp_path / "grpo-seed0" / "metrics.jsonl") == pytest.approx(6.0)
+
+
+def test_collect_gives_mean_and_spread_over_seeds(tmp_path):
+    fake_run(tmp_path, "sft", 0, [0.5, 0.4, 0.3], [1.0] * 4)
+    fake_run(tmp_path, "sft", 1, [0.5, 0.6, 0.5], [2.0] * 4)
+    fake_run(tmp_path, "grpo", 0, [0.5, 0.6, 0.7], [1.0] * 4)
+    fake_run(tmp_path, "grpo", 1, [0.5, 0.6, 0.9], [1.0] * 4)
+    study = Study(tmp_path, [0, 1], {})
+    res = collect(study)
+    sft = res["curves"]["sft"]["in"]["acc50"]
+    # step 2: seeds 0.4 and 0.6 -> mean 0.5, spread 0.2; step 4: 0.3 and 0.5 -> 0.4, 0.2.
+    assert sft[2]["mean"] == pytest.approx(0.5) and sft[2]["spread"] == pytest.approx(0.2)
+    assert sft[4]["mean"] == pytest.approx(0.4) and sft[4]["spread"] == pytest.approx(0.2)
+    assert res["curves"]["grpo"]["in"]["acc50"][4]["mean"] == pytest.approx(0.8)
+    # SFT seconds: seed 0 logs 4 * 3 = 12, seed 1 4 * 6 = 24 -> mean 18, spread 12.
+    assert res["train_seconds"]["sft"]["mean"] == pytest.approx(18.0)
+    assert res["train_seconds"]["sft"]["spread"] == pytest.approx(12.0)
+    md = table(res)
+    assert "| sft | in | 0.500 ± 0.000 | 0.500 ± 0.200 | 0.400 ± 0.200 | -0.100 |" in md
+    assert "| grpo | in | 0.500 ± 0.000 | 0.600 ± 0.000 | 0.800 ± 0.200 | +0.300 |" in md
+    assert "acc50" in md.splitlines()[-3]
+
+
+def test_methods_must_see_the_same_samples(tmp_path):
+    grpo = tmp_path / "grpo.yaml"
+    grpo.write_text("train:\n  steps: 10\n")
+    data = ["data.train_files=a.jsonl", "data.eval_files=b.jsonl"]
+    with pytest.raises(ConfigError, match="same number of training samples"):
+        build_study(tmp_path / "s", [0], data, str(grpo), None)
+    with pytest.raises(ConfigError, match="at least one seed"):
+        build_study(tmp_path / "s", [], data, None, None)
+
+
+def test_tiny_study_runs_both_methods_from_the_same_start(tmp_path):
+    """Two steps of each method on a few samples: same step-0 evaluation, curves, table and plot."""
+    from vlmr1.data.synthetic.rec import generate_rec
+
+    data = tmp_path / "data"
+    train = generate_rec(data, 8, "in", seed=1, name="train")
+    evals = [generate_rec(data, 6, split, seed=2, name=split) for split in ("in", "ood")]
+    grpo = tmp_path / "grpo.yaml"
+    grpo.write_text("rollout:\n  group_size: 2\n")
+    overrides = [
+        f"data.train_files={train}",
+        f"data.eval_files={evals[0]}:{evals[1]}",
+        "train.steps=2",
+        "train.prompts_per_step=2",
+        "train.eval_every=1",
+        "train.eval_batch_size=8",
+    ]
+    study = build_study(tmp_path / "study", [0], overrides, str(grpo), None)
+    res = run_study(study)
+    paths = write_outputs(study, res)
+    for method in ("sft", "grpo"):
+        assert (run_dir(study, method, 0) / "final").is_dir()
+        assert sorted(res["curves"][method]["in"]["acc50"]) == [0, 1, 2]
+    # Same starting checkpoint and greedy decoding: identical step-0 scores.
+    for split in ("in", "ood"):
+        assert res["curves"]["sft"][split]["mean_iou"][0] == res["curves"]["grpo"][split]["mean_iou"][0]
+    assert paths["png"].stat().st_size > 1000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert "| grpo | ood |" in paths["md"].read_text()
+    # A second call reuses the finished runs instead of training again.
+    mtime = (run_dir(study, "sft", 0) / "summary.json").stat().st_mtime
+    run_study(study)
+    assert (run_dir(study, "sft", 0) / "summary.json").stat().st_mtime == mtime
