@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
 
 from ..models.adapter import PromptBatch
 from .algos import completion_mask
-from .shared_prompt import prefill
+from .shared_prompt import cache_arg, prefill
 
 
 @dataclass
@@ -138,7 +138,7 @@ def generate_shared(model, adapter, prompts: PromptBatch, group_size: int, sampl
         positions = (pre.next_position + t)[:, None]
         if pre.mrope:
             positions = positions.unsqueeze(0).expand(3, -1, -1)  # text: time = height = width
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, past_key_values=pre.cache, use_cache=True)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg(): pre.cache})
         logits = out.logits[:, -1].float()
     model.train(was_training)
     return _finish(adapter, repeated, ids[:, repeated.input_ids.shape[1] :])

@@ -32,6 +32,8 @@ Limits:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +52,23 @@ class Prefill:
     attention_mask: torch.Tensor  # [N, Lp] prompt padding
     next_position: torch.Tensor  # [N] rotary position of completion token 0
     mrope: bool  # positions are Qwen's 3-row mrope (else 1-D)
+
+
+@functools.cache
+def cache_arg() -> str:
+    """The forward keyword for a KV cache: transformers 5.24 renamed ``past_key_values`` to ``cache``.
+
+    The old name still works there with a deprecation warning and is announced for removal, while
+    older 5.x releases know only the old name; the signature says which this one takes.
+    """
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return "cache" if "cache" in inspect.signature(Qwen2_5_VLForConditionalGeneration.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name (see ``cache_arg``)."""
+    return getattr(out, cache_arg())
 
 
 def _rope_index(model):
@@ -93,7 +112,7 @@ def prefill(model, adapter, prompts: PromptBatch, group_size: int | Sequence[int
     positions, next_position, mrope = prompt_positions(model, inputs)
     inputs["position_ids"] = positions
     out = model(**inputs, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     length = prompts.input_ids.shape[1]
     if cache is None or cache.get_seq_length() != length:
         raise RuntimeError(
@@ -142,8 +161,8 @@ def shared_prompt_logprobs(
             input_ids=ids,
             attention_mask=torch.cat([pre.attention_mask, mask], dim=1),  # [N, Lp + Lc - 1]
             position_ids=positions,
-            past_key_values=pre.cache,
             use_cache=True,
+            **{cache_arg(): pre.cache},
         )
         logits = torch.cat([logits, out.logits], dim=1)  # [N, Lc, V]
     if temperature != 1.0:
