@@ -101,7 +101,7 @@ def cmd_data(argv: list[str]) -> None:
 
 
 def cmd_compare(argv: list[str]) -> None:
-    from .compare import build_study, run_study, table, write_outputs
+    from .compare import build_study, is_main_process, run_study, table, write_outputs
 
     p = argparse.ArgumentParser(
         prog="vlmr1 compare",
@@ -117,6 +117,8 @@ def cmd_compare(argv: list[str]) -> None:
     a = p.parse_args(argv)
     study = build_study(Path(a.out), [int(s) for s in a.seeds.split(",") if s], a.overrides, a.grpo, a.sft)
     results = run_study(study)
+    if not is_main_process():
+        return
     paths = write_outputs(study, results)
     print("\n" + table(results))
     print(f"table: {paths['md']}\nplot: {paths['png']}")
@@ -137,6 +139,24 @@ def cmd_export(argv: list[str]) -> None:
     print(merge_lora(a.checkpoint, a.out))
 
 
+def cmd_report(argv: list[str]) -> None:
+    from .report import write_report
+
+    p = argparse.ArgumentParser(
+        prog="vlmr1 report",
+        description="A self-contained HTML report of a run folder: summary, training and evaluation curves, "
+        "and a gallery of the best and worst evaluation samples with their boxes drawn.",
+    )
+    p.add_argument("run_dir", help="a vlmr1 train or vlmr1 sft run folder")
+    p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    p.add_argument("--gallery", type=int, default=8, help="best and worst samples shown per split (default 8 + 8)")
+    a = p.parse_args(argv)
+    try:
+        print(write_report(a.run_dir, a.out, a.gallery))
+    except (FileNotFoundError, ValueError) as e:  # a wrong folder or a corrupt JSON line: say which, no traceback
+        raise SystemExit(f"vlmr1 report: {e}") from None
+
+
 COMMANDS = {
     "train": (cmd_train, "GRPO training: vlmr1 train [config.yaml] [section.field=value ...]"),
     "sft": (cmd_sft, "supervised fine-tuning: vlmr1 sft [config.yaml] [section.field=value ...]"),
@@ -144,6 +164,7 @@ COMMANDS = {
     "data": (cmd_data, "generate synthetic task data"),
     "compare": (cmd_compare, "GRPO vs SFT over seeds, in and out of domain: vlmr1 compare [--seeds 0,1,2] [key=value ...]"),
     "export": (cmd_export, "merge a LoRA checkpoint into a full one: vlmr1 export CKPT --out DIR --merge-lora"),
+    "report": (cmd_report, "HTML report of a run folder: vlmr1 report RUN_DIR [--out DIR] [--gallery N]"),
 }
 
 
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print("usage: vlmr1 COMMAND [args]\n")
             for name, (_, doc) in COMMANDS.items():
-                print(f"  {name:<7}{doc}")
+                print(f"  {name:<9}{doc}")
             return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

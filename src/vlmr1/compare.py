@@ -18,6 +18,7 @@ as overrides (they apply to both methods), and GRPO/SFT settings through ``--grp
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from .config import EMBEDDED, Config, ConfigError, load_config
 METHODS = ("sft", "grpo")
 # The narrow fine-tuning style and the held-out splits of the default study.
 NARROW = {"min_objects": 2, "max_objects": 2, "min_size": 28, "max_size": 40}
-NARROW_TRAIN, NARROW_EVAL = 256, 300
+NARROW_TRAIN, NARROW_EVAL = 256, 500
 DATA_SEEDS = {"train": 11, "narrow": 12, "broad": 1_000_003, "ood": 2_000_003}
 
 # Shared by both methods unless overridden: 16 samples per step for 96 steps = 6 epochs of 256.
@@ -89,6 +90,8 @@ def build_study(out: Path, seeds: list[int], overrides: list[str], grpo_yaml: st
     if base.data.train_files == EMBEDDED:
         if base.data.eval_files is not None:
             raise ConfigError("compare: data.eval_files needs data.train_files (the default study generates both)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("compare: the default study generates its data in one process; run it without a launcher")
         data_overrides = _as_overrides(write_default_data(out / "data"))
     # Precedence: the study's defaults, then the method's YAML, then the user's overrides.
     shared = _as_overrides(SHARED) + data_overrides
@@ -105,6 +108,11 @@ def build_study(out: Path, seeds: list[int], overrides: list[str], grpo_yaml: st
         if c.data.eval_files is None:
             raise ConfigError(f"compare: {m} has no held-out data (data.eval_files)")
     return Study(out, seeds, configs)
+
+
+def is_main_process() -> bool:
+    """Under ``accelerate launch``/torchrun every rank runs the study; only rank 0 writes its files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_dir(study: Study, method: str, seed: int) -> Path:
@@ -128,21 +136,20 @@ def run_study(study: Study) -> dict:
             print(f"compare: {method} seed {seed} -> {out}")
             start = time.perf_counter()
             runners[method](cfg)
-            (out / "wall_seconds.json").write_text(json.dumps({"wall_seconds": time.perf_counter() - start}))
+            if is_main_process():
+                (out / "wall_seconds.json").write_text(json.dumps({"wall_seconds": time.perf_counter() - start}))
     return collect(study)
 
 
 def eval_curves(metrics_path: Path) -> dict[str, dict[int, dict[str, float]]]:
     """split -> step -> metrics from a run's metrics.jsonl (``eval/...`` lines and the final ``eval_after/...``)."""
+    from .report import eval_series, read_metrics
+
     curves: dict[str, dict[int, dict[str, float]]] = {}
-    for line in metrics_path.read_text().splitlines():
-        row = json.loads(line)
-        for key, value in row.items():
-            prefix, _, rest = key.partition("/")
-            if prefix not in ("eval", "eval_after") or "/" not in rest:
-                continue
-            split, metric = rest.split("/", 1)
-            curves.setdefault(split, {}).setdefault(int(row["step"]), {})[metric] = value
+    for split, metrics in eval_series(read_metrics(metrics_path)).items():
+        for metric, points in metrics.items():
+            for step, value in points:
+                curves.setdefault(split, {}).setdefault(step, {})[metric] = value
     return curves
 
 
