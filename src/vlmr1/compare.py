@@ -162,7 +162,8 @@ def train_seconds(metrics_path: Path) -> float:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "n": len(values)}
+    lo, hi = min(values), max(values)
+    return {"mean": statistics.fmean(values), "spread": hi - lo, "min": lo, "max": hi, "n": len(values)}
 
 
 def collect(study: Study) -> dict:
@@ -171,7 +172,7 @@ def collect(study: Study) -> dict:
     for method in METHODS:
         per_seed = [eval_curves(run_dir(study, method, s) / "metrics.jsonl") for s in study.seeds]
         curves: dict = {}
-        for split in sorted(set().union(*per_seed)):
+        for split in dict.fromkeys(k for c in per_seed for k in c):  # the order of data.eval_files
             steps = sorted(set.intersection(*(set(c.get(split, {})) for c in per_seed)))
             metrics = sorted({m for c in per_seed for row in c.get(split, {}).values() for m in row})
             curves[split] = {
@@ -216,14 +217,14 @@ def table(results: dict, metric: str | None = None) -> str:
 
 
 def plot(results: dict, path: Path, metric: str | None = None) -> Path:
-    """One panel per split: mean curve per method with a band from the seeds' min to max."""
+    """One panel per split (in data.eval_files order): mean curve per method, band from the seeds' min to max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric = metric or main_metric(results)
-    splits = sorted({s for c in results["curves"].values() for s in c})
+    splits = list(dict.fromkeys(s for c in results["curves"].values() for s in c))
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), squeeze=False)
     colours = {"grpo": "tab:blue", "sft": "tab:orange"}
     for ax, split in zip(axes[0], splits):
@@ -232,17 +233,16 @@ def plot(results: dict, path: Path, metric: str | None = None) -> Path:
             if not points:
                 continue
             steps = sorted(points)
-            mean = [points[s]["mean"] for s in steps]
-            half = [points[s]["spread"] / 2 for s in steps]
             colour = colours.get(method)
-            ax.plot(steps, mean, marker="o", label=method.upper(), color=colour)
-            ax.fill_between(steps, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.2, color=colour)
+            ax.plot(steps, [points[s]["mean"] for s in steps], marker="o", label=method.upper(), color=colour)
+            lo, hi = [points[s]["min"] for s in steps], [points[s]["max"] for s in steps]
+            ax.fill_between(steps, lo, hi, alpha=0.2, color=colour)
         ax.set_title(split)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.suptitle(f"GRPO vs SFT, {metric} (mean over seeds {results['seeds']}, band: half the spread)", fontsize=10)
+    fig.suptitle(f"GRPO vs SFT, {metric}: mean over seeds {results['seeds']}, band from the lowest to the highest seed", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
