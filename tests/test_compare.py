@@ -100,3 +100,20 @@ def test_tiny_study_runs_both_methods_from_the_same_start(tmp_path):
     mtime = (run_dir(study, "sft", 0) / "summary.json").stat().st_mtime
     run_study(study)
     assert (run_dir(study, "sft", 0) / "summary.json").stat().st_mtime == mtime
+
+
+def test_default_data_is_narrow_in_training_and_broad_out_of_it(tmp_path):
+    from vlmr1.compare import NARROW_EVAL, write_default_data
+
+    paths = write_default_data(tmp_path, narrow_train=6)
+    train = [json.loads(line) for line in Path(paths["data.train_files"]).read_text().splitlines()]
+    narrow, broad, ood = ([json.loads(x) for x in Path(f).read_text().splitlines()] for f in paths["data.eval_files"].split(":"))
+    assert len(train) == 6 and len(narrow) == len(broad) == len(ood) == NARROW_EVAL
+    for row in train + narrow:  # the narrow style: two shapes, each 28..40 px wide
+        x1, _, x2, _ = json.loads(row["conversations"][1]["value"])
+        assert row["n_objects"] == 2 and 28 <= x2 - x1 <= 40
+    assert {r["n_objects"] for r in broad} == {2, 3, 4}
+    assert min(r["n_objects"] for r in ood) >= 4  # out of domain: two more shapes than in domain
+    # A larger set extends the same samples rather than drawing new ones.
+    more = write_default_data(tmp_path / "more", narrow_train=8)
+    assert Path(more["data.train_files"]).read_text().splitlines()[:6] == [json.dumps(r) for r in train]

@@ -113,9 +113,11 @@ def cmd_compare(argv: list[str]) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--grpo", default=None, help="YAML config for the GRPO runs")
     p.add_argument("--sft", default=None, help="YAML config for the SFT runs")
+    p.add_argument("--narrow-samples", type=int, default=256, help="default study: distinct training samples generated")
     p.add_argument("overrides", nargs="*", help="section.field=value, applied to both methods")
     a = p.parse_args(argv)
-    study = build_study(Path(a.out), [int(s) for s in a.seeds.split(",") if s], a.overrides, a.grpo, a.sft)
+    seeds = [int(s) for s in a.seeds.split(",") if s]
+    study = build_study(Path(a.out), seeds, a.overrides, a.grpo, a.sft, a.narrow_samples)
     results = run_study(study)
     if not is_main_process():
         return

@@ -54,12 +54,15 @@ class Study:
     configs: dict[str, Config]  # method -> config (output_dir and seed are set per run)
 
 
-def write_default_data(root: Path) -> dict[str, str]:
-    """The narrow training set and three held-out splits; returns data.* overrides."""
+def write_default_data(root: Path, narrow_train: int = NARROW_TRAIN) -> dict[str, str]:
+    """The narrow training set and three held-out splits; returns data.* overrides.
+
+    Sample i depends only on (seed, split, i), so a larger ``narrow_train`` extends the same set.
+    """
     from .data.synthetic.rec import generate_rec
 
     root.mkdir(parents=True, exist_ok=True)
-    train = generate_rec(root, NARROW_TRAIN, "in", seed=DATA_SEEDS["train"], name="train", **NARROW)
+    train = generate_rec(root, narrow_train, "in", seed=DATA_SEEDS["train"], name="train", **NARROW)
     narrow = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["narrow"], name="narrow", **NARROW)
     # Broad: the base's own training distribution (2-4 shapes, 16-40 px); ood: the embedded OOD split.
     broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", min_objects=2, max_objects=4)
@@ -81,8 +84,18 @@ def _yaml_overrides(path: str | None) -> list[str]:
     return _as_overrides({f"{section}.{name}": v for section, values in data.items() for name, v in values.items()})
 
 
-def build_study(out: Path, seeds: list[int], overrides: list[str], grpo_yaml: str | None, sft_yaml: str | None) -> Study:
-    """Configs for both methods; checks that they see the same number of training samples."""
+def build_study(
+    out: Path,
+    seeds: list[int],
+    overrides: list[str],
+    grpo_yaml: str | None,
+    sft_yaml: str | None,
+    narrow_train: int = NARROW_TRAIN,
+) -> Study:
+    """Configs for both methods; checks that they see the same number of training samples.
+
+    ``narrow_train``: size of the default study's generated training set (ignored with data.train_files).
+    """
     if not seeds:
         raise ConfigError("compare: give at least one seed")
     base = load_config(None, overrides)
@@ -92,7 +105,7 @@ def build_study(out: Path, seeds: list[int], overrides: list[str], grpo_yaml: st
             raise ConfigError("compare: data.eval_files needs data.train_files (the default study generates both)")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("compare: the default study generates its data in one process; run it without a launcher")
-        data_overrides = _as_overrides(write_default_data(out / "data"))
+        data_overrides = _as_overrides(write_default_data(out / "data", narrow_train))
     # Precedence: the study's defaults, then the method's YAML, then the user's overrides.
     shared = _as_overrides(SHARED) + data_overrides
     configs = {
