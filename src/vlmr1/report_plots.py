@@ -75,12 +75,22 @@ def plot_panels(panels: list[tuple[str, Series]], path: Path, ncols: int = 3) ->
 
 
 def plot_eval(splits: dict[str, dict[str, Series]], path: Path, ncols: int = 2) -> Path:
-    """One panel per held-out split, one line per metric against the training step."""
+    """One panel per held-out split, one line per metric against the training step.
+
+    Rates that sit near 1 (parsed, format_rate) go on a right-hand 0..1 axis, so the left axis
+    scales to the task metrics and a change of a few points in accuracy stays visible.
+    """
     fig, axes = _grid(len(splits), ncols, panel_w=5.2, panel_h=3.2)
     for ax, (split, metrics) in zip(axes, splits.items()):
+        minor_ax = None
         for name, points in metrics.items():
             minor = name.rsplit("/", 1)[-1] in SECONDARY_METRICS
-            ax.plot(
+            if minor and minor_ax is None:
+                minor_ax = ax.twinx()
+                minor_ax.set_ylim(0, 1.05)
+                minor_ax.set_ylabel("rate (dashed)", fontsize=8)
+                minor_ax.tick_params(labelsize=8)
+            (minor_ax if minor else ax).plot(
                 [s for s, _ in points],
                 [v for _, v in points],
                 marker="o",
@@ -88,13 +98,18 @@ def plot_eval(splits: dict[str, dict[str, Series]], path: Path, ncols: int = 2) 
                 lw=1 if minor else 2,
                 ls="--" if minor else "-",
                 alpha=0.6 if minor else 1.0,
+                color=None if not minor else ("tab:gray" if "parsed" in name else "tab:red"),
                 label=name,
             )
         ax.set_title(f"split: {split}", fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        handles, labels = ax.get_legend_handles_labels()
+        if minor_ax is not None:
+            more = minor_ax.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False)
     fig.savefig(path)
     return path
 
