@@ -94,6 +94,9 @@ class RolloutConfig:
     """Top-k sampling (0 = off)."""
     repetition_penalty: float = 1.0
     """HF repetition penalty (1.0 = off)."""
+    engine: str = "hf"
+    """What samples rollouts: hf (HF generate on the policy) | vllm (vLLM colocated on the training
+    GPU, weights synced after each step; GPU only, pip install 'vlmr1[vllm]', see docs/vllm.md)."""
 
 
 @dataclass
@@ -190,6 +193,7 @@ class Config:
 
 CHOICES = {
     "model.dtype": {"float32", "bfloat16", "float16"},
+    "rollout.engine": {"hf", "vllm"},
     "data.on_error": {"raise", "skip"},
     "data.synthetic": {"rec", "det", "count", "gui"},
     "algo.kl_estimator": {"k1", "k2", "k3"},
@@ -344,6 +348,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.task={cfg.data.task!r}: no such question template (known: {sorted(QUESTION_TEMPLATES)})")
     if (cfg.data.eval_image_folders is not None) and cfg.data.eval_files is None:
         raise ConfigError("data.eval_image_folders is set but data.eval_files is not")
+    if r.engine == "vllm":
+        _validate_vllm(cfg)
+
+
+def _validate_vllm(cfg: Config) -> None:
+    """What the vLLM rollout engine needs; sharded weights (ZeRO-3 / FSDP) are rejected when the
+    trainer sees the accelerate setup, and unsupported model families when the engine is built."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "rollout.engine=vllm needs a CUDA GPU (vLLM runs on the training GPU), and torch sees none here; "
+            "use rollout.engine=hf"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine=vllm: vllm is not installed (pip install 'vlmr1[vllm]', GPU only)")
+    if cfg.rollout.temperature > 2:
+        raise ConfigError(f"rollout.temperature={cfg.rollout.temperature}: vLLM accepts temperatures up to 2 (rollout.engine=vllm)")
+    if cfg.model.max_patches is not None:
+        raise ConfigError("model.max_patches is an InternVL option; rollout.engine=vllm serves the Qwen-VL families only")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -76,10 +76,10 @@ def generate(model, adapter, prompts: PromptBatch, sampling: Sampling) -> Rollou
     model.eval()
     out = model.generate(**inputs, generation_config=config)
     model.train(was_training)
-    return _finish(adapter, prompts, out[:, prompts.input_ids.shape[1] :])
+    return finish_rollout(adapter, prompts, out[:, prompts.input_ids.shape[1] :])
 
 
-def _finish(adapter, prompts: PromptBatch, completion_ids: torch.Tensor) -> Rollout:
+def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor) -> Rollout:
     """Mask and decode sampled completions [N, Lc]; ``prompts`` are the N (repeated) prompt rows."""
     if completion_ids.shape[1] == 0:  # generate always emits >= 1 token
         raise RuntimeError("generate returned no new tokens")
@@ -141,5 +141,5 @@ def generate_shared(model, adapter, prompts: PromptBatch, group_size: int, sampl
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg(): pre.cache})
         logits = out.logits[:, -1].float()
     model.train(was_training)
-    return _finish(adapter, repeated, ids[:, repeated.input_ids.shape[1] :])
+    return finish_rollout(adapter, repeated, ids[:, repeated.input_ids.shape[1] :])
 

@@ -43,6 +43,7 @@ from ..runtime import (
     seed_everything,
 )
 from . import algos
+from .engines import HFEngine, vllm_engine
 from .logprobs import completion_logprobs
 from .rollout import Rollout, Sampling, generate, generate_shared
 from .shared_prompt import shared_prompt_logprobs
@@ -115,6 +116,14 @@ def _train(cfg: Config) -> dict:
         data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
     base_path = resolve_model_path(cfg.model.path, out)
+    # Gradient checkpointing drops the KV cache the shared-prompt path is built on.
+    shared_prompt = t.shared_prompt and not cfg.model.gradient_checkpointing
+    # What samples the rollouts: HF generate on the policy (default), or vLLM (GPU only). The HF
+    # engine is handed this module's generate functions, which tests replace.
+    if r.engine == "vllm":
+        engine = vllm_engine(cfg, accelerator, resume or base_path, data.train)
+    else:
+        engine = HFEngine(generate, generate_shared, shared_prompt)
     policy = load_model(cfg, resume or base_path, fresh_lora=resume is None)
     reward_funcs = resolve_rewards(cfg.reward.funcs, policy.reward_overrides if cfg.reward.model_rewards else None)
     # beta = 0 loads no reference model. The reference is always the starting checkpoint,
@@ -139,8 +148,6 @@ def _train(cfg: Config) -> dict:
     if t.eval_before and start == 0 and main and data.evals:
         summary["before"] = run_evals(cfg, unwrapped, policy, data, out, "before")
         logger.log(0, flat_metrics(summary["before"]))
-    # Gradient checkpointing drops the KV cache the shared-prompt path is built on.
-    shared_prompt = t.shared_prompt and not cfg.model.gradient_checkpointing
     if t.shared_prompt and not shared_prompt and main:
         print("train.shared_prompt: off, because model.gradient_checkpointing drops the prompt's KV cache")
     sampling = Sampling(r.max_completion_length, True, r.temperature, r.top_p, r.top_k, r.repetition_penalty)
@@ -153,12 +160,12 @@ def _train(cfg: Config) -> dict:
         with timers("gen"):
             batch = make_batch([data.train[i] for i in order.indices(step)], cfg.data.task)
             unique = policy.encode_prompts(batch.problems, batch.images).to(accelerator.device)
-            torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + rank)  # same samples after a resume
+            gen_seed = t.seed * 1_000_003 + step * 1_009 + rank
+            torch.manual_seed(gen_seed)  # same samples after a resume
+            engine.wake()
             with full_parameters(accelerator, model):
-                if shared_prompt:  # each prompt prefilled once, its G rows decoded from the shared cache
-                    rollout = generate_shared(unwrapped, policy, unique, G, sampling)
-                else:
-                    rollout = generate(unwrapped, policy, policy.repeat_prompts(unique, G), sampling)
+                rollout = engine.generate(unwrapped, policy, unique, G, sampling, problems=batch.problems, images=batch.images, seed=gen_seed)
+            engine.sleep()  # memory back to training (vLLM sleep mode)
         shared = unique if shared_prompt else None
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
@@ -228,6 +235,8 @@ def _train(cfg: Config) -> dict:
                     if main:
                         save_checkpoint(out, step + 1, policy, optimizer, scheduler, {"skipped_steps": guard.skipped})
                     raise NonFiniteError(guard.message(step + 1, ckpt))
+        with timers("sync"):  # the rollout engine samples from the updated policy next step
+            engine.sync_weights(unwrapped)
         # 6. Log and save.
         if (step + 1) % t.log_every == 0:
             # Every rank joins: logged numbers describe the global batch, not rank 0's share.
