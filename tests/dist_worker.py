@@ -8,6 +8,7 @@ train on exactly the same data, and any difference comes from the distributed co
 Usage: python dist_worker.py GROUP_SIZE JSON_LIST_OF_OVERRIDES
 """
 
+import dataclasses
 import json
 import sys
 
@@ -44,8 +45,9 @@ if __name__ == "__main__":
     group_size, overrides = int(sys.argv[1]), json.loads(sys.argv[2])
     fixed = fixed_generate(group_size)
     trainer_module.generate = fixed
-    # The prefill-once path gets the unrepeated prompts: repeat them, then the same fixed rows.
-    trainer_module.generate_shared = lambda model, adapter, prompts, G, sampling: fixed(
-        model, adapter, adapter.repeat_prompts(prompts, G), sampling
+    # The prefill-once path gets the unrepeated prompts: repeat them, then the same fixed rows;
+    # like generate_shared, the rollout keeps each prompt once.
+    trainer_module.generate_shared = lambda model, adapter, prompts, G, sampling: dataclasses.replace(
+        fixed(model, adapter, adapter.repeat_prompts(prompts, G), sampling), prompts=prompts, group_size=G
     )
     trainer_module.train(load_config(None, overrides))

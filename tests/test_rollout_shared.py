@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlmr1.rl.rollout import Sampling, generate, generate_shared
+from vlmr1.rl.rollout import Sampling, generate, generate_shared, prompt_rows
 
 PROBLEMS = ["Red?", "<image>Where is the green square?", "Before: <image> After: <image> Same?", "Count the shapes."]
 
@@ -31,8 +31,16 @@ def test_same_seed_same_samples_as_generate_on_repeated_prompts(tiny_adapter, ma
     assert torch.equal(got.completion_ids, expected.completion_ids)
     assert torch.equal(got.completion_mask, expected.completion_mask)
     assert got.texts == expected.texts
-    assert torch.equal(got.prompts.input_ids, expected.prompts.input_ids)  # rows stay the repeated prompts
-    assert got.prompts.input_sizes == expected.prompts.input_sizes
+    # The rollout keeps each prompt once; its rows, rebuilt for any range, are generate's repeated input.
+    assert got.group_size == G and torch.equal(got.prompts.input_ids, prompts.input_ids)
+    N = len(PROBLEMS) * G
+    for start, stop in [(0, N), (1, N - 1), (G - 1, G + 1)]:
+        rows = prompt_rows(a, got, start, stop)
+        assert torch.equal(rows.input_ids, expected.prompts.input_ids[start:stop])
+        assert rows.input_sizes == expected.prompts.input_sizes[start:stop]
+        want = a.slice_prompts(expected.prompts, start, stop).mm_inputs
+        assert rows.mm_inputs.keys() == want.keys()
+        assert all(torch.equal(rows.mm_inputs[k], want[k]) for k in want)
 
 
 def test_shared_rollouts_refuse_greedy_decoding(tiny_adapter):

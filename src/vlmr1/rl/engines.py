@@ -25,6 +25,8 @@ while the loss uses the policy's log-probs; that small sampler/learner mismatch 
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import socket
 from collections.abc import Iterator
@@ -82,7 +84,9 @@ class HFEngine:
     def generate(self, model, adapter, prompts, group_size, sampling, *, problems=None, images=None, seed=None) -> Rollout:
         if self.shared_prompt:  # each prompt prefilled once, its G rows decoded from the shared cache
             return self.generate_shared_fn(model, adapter, prompts, group_size, sampling)
-        return self.generate_fn(model, adapter, adapter.repeat_prompts(prompts, group_size), sampling)
+        rollout = self.generate_fn(model, adapter, adapter.repeat_prompts(prompts, group_size), sampling)
+        # The repeated rows were generate's input only; the rollout keeps each prompt once.
+        return dataclasses.replace(rollout, prompts=prompts, group_size=group_size)
 
 
 # ----------------------------------------------------------------------------- vLLM: pure helpers
@@ -200,7 +204,7 @@ def rollout_from_outputs(adapter, prompts: PromptBatch, outputs, group_size: int
     width = max(len(r) for r in rows)
     pad = adapter.pad_token_id
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=prompts.input_ids.device)
-    return finish_rollout(adapter, adapter.repeat_prompts(prompts, group_size), ids)  # [P*G, Lc]
+    return finish_rollout(adapter, prompts, ids, group_size)  # [P*G, Lc]
 
 
 _PEFT_PREFIX = "base_model.model."

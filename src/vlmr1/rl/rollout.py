@@ -31,12 +31,26 @@ class Sampling:
 
 @dataclass
 class Rollout:
-    """G completions for each of P prompts, prompts repeated so that row i*G+j is prompt i's j-th."""
+    """``group_size`` completions for each of P prompts: row i*G+j is prompt i's j-th completion.
 
-    prompts: PromptBatch  # N = P*G rows
+    ``prompts`` holds each prompt once, with its images once; ``prompt_rows`` gives the repeated
+    rows a forward over some completions needs, built only for those rows. (Carrying the N = P*G
+    repeated rows would keep G copies of every image's pixels for the whole step.)
+    """
+
+    prompts: PromptBatch  # P rows
     completion_ids: torch.Tensor  # [N, Lc] right-padded
     completion_mask: torch.Tensor  # [N, Lc] 1 up to and including the first EOS
     texts: list[str]  # [N] decoded completions
+    group_size: int = 1  # G
+
+
+def prompt_rows(adapter, rollout: Rollout, start: int, stop: int) -> PromptBatch:
+    """The prompt of each completion row ``start:stop`` (repeated per group, with its images)."""
+    G = rollout.group_size
+    first, last = start // G, (stop - 1) // G + 1
+    rows = adapter.repeat_prompts(adapter.slice_prompts(rollout.prompts, first, last), G)
+    return adapter.slice_prompts(rows, start - first * G, stop - first * G)
 
 
 def generation_config(s: Sampling, eos_ids: list[int], pad_id: int, suppress: list[int] | None = None) -> GenerationConfig:
@@ -79,15 +93,15 @@ def generate(model, adapter, prompts: PromptBatch, sampling: Sampling) -> Rollou
     return finish_rollout(adapter, prompts, out[:, prompts.input_ids.shape[1] :])
 
 
-def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor) -> Rollout:
-    """Mask and decode sampled completions [N, Lc]; ``prompts`` are the N (repeated) prompt rows."""
+def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor, group_size: int = 1) -> Rollout:
+    """Mask and decode sampled completions [N, Lc]; ``prompts`` are the N / group_size prompts."""
     if completion_ids.shape[1] == 0:  # generate always emits >= 1 token
         raise RuntimeError("generate returned no new tokens")
     mask = completion_mask(completion_ids, adapter.eos_token_ids)
     # Everything after the first EOS becomes padding, so later forwards see clean rows.
     completion_ids = completion_ids.masked_fill(mask == 0, adapter.pad_token_id)
     texts = adapter.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompts, completion_ids, mask, texts)
+    return Rollout(prompts, completion_ids, mask, texts, group_size)
 
 
 def _logits_processors(s: Sampling, suppress: list[int]) -> LogitsProcessorList:
@@ -121,8 +135,8 @@ def generate_shared(model, adapter, prompts: PromptBatch, group_size: int, sampl
     model.eval()
     pre = prefill(model, adapter, prompts, group_size)
     procs = _logits_processors(sampling, adapter.suppressed_token_ids)
-    repeated = adapter.repeat_prompts(prompts, group_size)
-    ids, mask = repeated.input_ids, pre.attention_mask  # [N, Lp]: the penalty sees the prompt too
+    # [N, Lp]: the repetition penalty sees the prompt too; the images are in the cache already.
+    ids, mask = prompts.input_ids.repeat_interleave(group_size, dim=0), pre.attention_mask
     eos = torch.tensor(adapter.eos_token_ids, device=ids.device)
     running = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     logits = pre.first_logits[:, -1].float()
@@ -141,5 +155,5 @@ def generate_shared(model, adapter, prompts: PromptBatch, group_size: int, sampl
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg(): pre.cache})
         logits = out.logits[:, -1].float()
     model.train(was_training)
-    return finish_rollout(adapter, repeated, ids[:, repeated.input_ids.shape[1] :])
+    return finish_rollout(adapter, prompts, ids[:, prompts.input_ids.shape[1] :], group_size)
 

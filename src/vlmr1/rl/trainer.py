@@ -45,7 +45,7 @@ from ..runtime import (
 from . import algos
 from .engines import HFEngine, vllm_engine
 from .logprobs import completion_logprobs
-from .rollout import Rollout, Sampling, generate, generate_shared
+from .rollout import Rollout, Sampling, generate, generate_shared, prompt_rows
 from .shared_prompt import shared_prompt_logprobs
 
 
@@ -75,7 +75,7 @@ def chunk_logprobs(model, adapter, rollout: Rollout, unique: PromptBatch | None,
         prompts = adapter.slice_prompts(unique, first, last)
         logp = shared_prompt_logprobs(model, adapter, prompts, ids, mask, counts, temperature, adapter.suppressed_token_ids)
     else:
-        inputs = adapter.sequence_inputs(adapter.slice_prompts(rollout.prompts, start, stop), ids, mask)
+        inputs = adapter.sequence_inputs(prompt_rows(adapter, rollout, start, stop), ids, mask)
         logp = completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids)
     return logp, ids, mask
 
@@ -170,7 +170,8 @@ def _train(cfg: Config) -> dict:
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
             columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
-            columns["input_size"] = box_frames(policy, rollout.prompts)  # the frame boxes are answered in
+            # The frame the boxes are answered in, per prompt, for each of its G completions.
+            columns["input_size"] = [f for f in box_frames(policy, rollout.prompts) for _ in range(G)]
             # Token counts, for length-shaped rewards (characters would favour short tokens).
             columns["completion_length"] = rollout.completion_mask.sum(1).tolist()
             columns["max_completion_length"] = [r.max_completion_length] * len(rollout.texts)
