@@ -35,6 +35,8 @@ NARROW_TRAIN, NARROW_EVAL = 256, 500
 DATA_SEEDS = {"train": 11, "narrow": 12, "broad": 1_000_003, "ood": 2_000_003}
 
 # Shared by both methods unless overridden: 16 samples per step for 96 steps = 6 epochs of 256.
+# Everything else is the Config default, so GRPO's reward and sampling are the embedded
+# default's (docs/embedded-default.md).
 SHARED = {
     "train.steps": 96,
     "train.prompts_per_step": 16,
@@ -42,9 +44,6 @@ SHARED = {
     "train.lr": 1e-4,
     "train.progress": False,
 }
-# GRPO's reward and sampling are the embedded default's (see docs/embedded-default.md).
-GRPO_ONLY: dict = {}
-SFT_ONLY: dict = {}
 
 
 @dataclass
@@ -109,8 +108,8 @@ def build_study(
     # Precedence: the study's defaults, then the method's YAML, then the user's overrides.
     shared = _as_overrides(SHARED) + data_overrides
     configs = {
-        "grpo": load_config(None, shared + _as_overrides(GRPO_ONLY) + _yaml_overrides(grpo_yaml) + overrides),
-        "sft": load_config(None, shared + _as_overrides(SFT_ONLY) + _yaml_overrides(sft_yaml) + overrides),
+        "grpo": load_config(None, shared + _yaml_overrides(grpo_yaml) + overrides),
+        "sft": load_config(None, shared + _yaml_overrides(sft_yaml) + overrides),
     }
     seen = {m: c.train.steps * c.train.prompts_per_step for m, c in configs.items()}
     if len(set(seen.values())) != 1:
