@@ -162,7 +162,7 @@ def cmd_report(argv: list[str]) -> None:
 COMMANDS = {
     "train": (cmd_train, "GRPO training: vlmr1 train [config.yaml] [section.field=value ...]"),
     "sft": (cmd_sft, "supervised fine-tuning: vlmr1 sft [config.yaml] [section.field=value ...]"),
-    "eval": (cmd_eval, "evaluate a checkpoint on REC data"),
+    "eval": (cmd_eval, "greedy evaluation of a checkpoint: vlmr1 eval --model DIR --data a.jsonl[:b.jsonl]"),
     "data": (cmd_data, "generate synthetic task data"),
     "compare": (cmd_compare, "GRPO vs SFT over seeds, in and out of domain: vlmr1 compare [--seeds 0,1,2] [key=value ...]"),
     "export": (cmd_export, "merge a LoRA checkpoint into a full one: vlmr1 export CKPT --out DIR --merge-lora"),

@@ -38,7 +38,7 @@ class Rollout:
     repeated rows would keep G copies of every image's pixels for the whole step.)
     """
 
-    prompts: PromptBatch  # P rows
+    prompts: PromptBatch  # P = N / group_size rows
     completion_ids: torch.Tensor  # [N, Lc] right-padded
     completion_mask: torch.Tensor  # [N, Lc] 1 up to and including the first EOS
     texts: list[str]  # [N] decoded completions
