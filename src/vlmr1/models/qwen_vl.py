@@ -93,11 +93,12 @@ class QwenVLAdapter:
     def messages(self, problem: str, n_images: int) -> list[dict]:
         return [{"role": "user", "content": user_content(problem, n_images)}]
 
+    def prompt_text(self, problem: str, n_images: int) -> str:
+        """The chat-templated prompt, image placeholders unexpanded (what the processor, or vLLM, expands)."""
+        return self.processor.apply_chat_template(self.messages(problem, n_images), add_generation_prompt=True, tokenize=False)
+
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
-        texts = [
-            self.processor.apply_chat_template(self.messages(p, len(ims)), add_generation_prompt=True, tokenize=False)
-            for p, ims in zip(problems, images)
-        ]
+        texts = [self.prompt_text(p, len(ims)) for p, ims in zip(problems, images)]
         flat = [im for ims in images for im in ims]
         enc = self.processor(text=texts, images=flat or None, return_tensors="pt", padding=True, padding_side="left")
         mm = {k: enc[k] for k in ("pixel_values", "image_grid_thw") if k in enc}

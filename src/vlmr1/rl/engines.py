@@ -102,8 +102,7 @@ def prompt_text(adapter, problem: str, n_images: int) -> str:
 
     vLLM expands each image placeholder (``<|image_pad|>``) to the image's token count with the
     model's own HF processor, as the adapter's processor does."""
-    messages = adapter.messages(problem, n_images)
-    return adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return adapter.prompt_text(problem, n_images)
 
 
 def vllm_requests(adapter, problems: list[str], images: list[list[Image.Image]]) -> list[dict]:

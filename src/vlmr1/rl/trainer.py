@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..embedded import prepare_data, resolve_model_path
 from ..evaluate import flat_metrics, run_evals
-from ..models.adapter import PromptBatch, box_frames
+from ..models.adapter import box_frames
 from ..models.finetune import is_peft
 from ..rewards import compute_rewards, resolve_rewards
 from ..runtime import (
@@ -60,19 +60,20 @@ def micro_batches(rows: list[int], size: int) -> list[list[int]]:
     return runs
 
 
-def chunk_logprobs(model, adapter, rollout: Rollout, unique: PromptBatch | None, G: int, rows: list[int], temperature: float):
+def chunk_logprobs(model, adapter, rollout: Rollout, shared: bool, rows: list[int], temperature: float):
     """Log-probs [n, Lc], completion ids and mask for a contiguous run of rollout rows.
 
-    With ``unique`` (the P unrepeated prompts) each prompt of the run is encoded once and its
-    completions attend to the shared cache (``shared_prompt``: exact, up to G x less prompt
-    work); without, the rows' repeated prompts are run in full.
+    ``shared``: each prompt of the run is encoded once and its completions attend to the shared
+    cache (``shared_prompt``: exact, up to G x less prompt work); otherwise each row's prompt is
+    run in full.
     """
     start, stop = rows[0], rows[-1] + 1
     ids, mask = rollout.completion_ids[start:stop], rollout.completion_mask[start:stop]
-    if unique is not None:
+    if shared:
+        G = rollout.group_size
         first, last = start // G, (stop - 1) // G + 1
         counts = [min(stop, (i + 1) * G) - max(start, i * G) for i in range(first, last)]  # a run may cut a group
-        prompts = adapter.slice_prompts(unique, first, last)
+        prompts = adapter.slice_prompts(rollout.prompts, first, last)
         logp = shared_prompt_logprobs(model, adapter, prompts, ids, mask, counts, temperature, adapter.suppressed_token_ids)
     else:
         inputs = adapter.sequence_inputs(prompt_rows(adapter, rollout, start, stop), ids, mask)
@@ -81,10 +82,10 @@ def chunk_logprobs(model, adapter, rollout: Rollout, unique: PromptBatch | None,
 
 
 @torch.no_grad()
-def frozen_logprobs(model, adapter, rollout: Rollout, unique, G: int, size: int, temperature: float) -> torch.Tensor:
+def frozen_logprobs(model, adapter, rollout: Rollout, shared: bool, size: int, temperature: float) -> torch.Tensor:
     """Log-probs [N, Lc] without gradients (old policy for mu > 1, or the reference model)."""
     rows = micro_batches(list(range(len(rollout.texts))), size)
-    return torch.cat([chunk_logprobs(model, adapter, rollout, unique, G, run, temperature)[0] for run in rows])
+    return torch.cat([chunk_logprobs(model, adapter, rollout, shared, run, temperature)[0] for run in rows])
 
 
 # What lowers GPU memory in a GRPO step, most effective first.
@@ -166,7 +167,6 @@ def _train(cfg: Config) -> dict:
             with full_parameters(accelerator, model):
                 rollout = engine.generate(unwrapped, policy, unique, G, sampling, problems=batch.problems, images=batch.images, seed=gen_seed)
             engine.sleep()  # memory back to training (vLLM sleep mode)
-        shared = unique if shared_prompt else None
         # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
         with timers("reward"):
             columns = {k: [v for v in vals for _ in range(G)] for k, vals in batch.columns.items()}
@@ -183,12 +183,12 @@ def _train(cfg: Config) -> dict:
         rows = [i for i in range(len(rollout.texts)) if keep[i]]
         # 4. Frozen log-probs: the old policy (only needed when mu > 1) and the reference.
         with timers("old"):
-            old_logp = frozen_logprobs(model, policy, rollout, shared, G, t.micro_batch_size, r.temperature) if a.num_iterations > 1 else None
+            old_logp = frozen_logprobs(model, policy, rollout, shared_prompt, t.micro_batch_size, r.temperature) if a.num_iterations > 1 else None
         with timers("ref"):
             ref_logp = None
             if a.beta > 0:
                 with unwrapped.disable_adapter() if lora else nullcontext():
-                    ref_logp = frozen_logprobs(unwrapped if lora else ref_model, policy, rollout, shared, G, t.micro_batch_size, r.temperature)
+                    ref_logp = frozen_logprobs(unwrapped if lora else ref_model, policy, rollout, shared_prompt, t.micro_batch_size, r.temperature)
         mask = rollout.completion_mask
         # Losses are means over the GLOBAL batch: rows (grpo) or valid tokens (dapo) of every rank.
         # DDP averages gradients over ranks, so each rank's share is scaled back up by the world size.
@@ -205,7 +205,7 @@ def _train(cfg: Config) -> dict:
                 finite = True
                 for k, chunk in enumerate(chunks):
                     with micro_batch(accelerator, model, last=k == len(chunks) - 1):
-                        logp, ids, m = chunk_logprobs(model, policy, rollout, shared, G, chunk, r.temperature)  # [n, Lc]
+                        logp, ids, m = chunk_logprobs(model, policy, rollout, shared_prompt, chunk, r.temperature)  # [n, Lc]
                         sel = torch.tensor(chunk)
                         res = algos.policy_loss(
                             logp,
