@@ -18,7 +18,7 @@ from .models.adapter import box_frames
 from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
 from .runtime import make_batch
-from .scoring import SCORERS, kind_of
+from .scoring import SCORERS, before_after_rows, kind_of
 
 
 @torch.no_grad()
@@ -122,16 +122,13 @@ def _cell(v) -> str:
 
 def print_table(summary: dict) -> None:
     """Before/after/change per split and metric, for whatever metrics the splits report."""
-    before, after = summary.get("before", {}), summary.get("after", {})
-    if not (before or after):
+    rows = before_after_rows(summary)
+    if not rows:
         return
     print(f"\n{'split':<8}{'metric':<16}{'before':>9}{'after':>9}{'change':>9}")
-    for split in sorted(set(before) | set(after)):
-        b_m, a_m = before.get(split, {}), after.get(split, {})
-        for metric in [k for k in {**b_m, **a_m} if k != "n"]:
-            b, a_ = b_m.get(metric), a_m.get(metric)
-            delta = f"{a_ - b:>+9.3f}" if b is not None and a_ is not None else f"{'-':>9}"
-            print(f"{split:<8}{metric:<16}{_cell(b)}{_cell(a_)}{delta}")
+    for split, metric, b, a, change in rows:
+        delta = f"{change:>+9.3f}" if change is not None else f"{'-':>9}"
+        print(f"{split:<8}{metric:<16}{_cell(b)}{_cell(a)}{delta}")
 
 
 def print_metrics(name: str, metrics: dict[str, float]) -> None:

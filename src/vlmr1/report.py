@@ -19,8 +19,9 @@ from pathlib import Path
 import yaml
 
 from .report_plots import PRED, TRUE, Series, plot_eval, plot_panels, render_sample, row_boxes
-from .rewards.detection import MATCH_IOU
-from .rewards.grounding import answer_content, iou
+from .rewards.detection import MATCH_IOU, Detection, greedy_matches
+from .rewards.grounding import answer_content
+from .scoring import before_after_rows
 
 _EVAL_FILE = re.compile(r"^(before|after|step(\d+))-(.+)\.jsonl$")
 _EVAL_KEY = re.compile(r"^(eval|eval_after)/([^/]+)/(.+)$")  # eval/<split>/<metric>; the metric may hold "/"
@@ -105,7 +106,8 @@ def resolve_image(path: str, run_dir: Path) -> Path | None:
 
 
 def detection_f1(pred: list | None, truth: list) -> float:
-    """F1 of one image's detections: greedy one-to-one matches of equal label and IoU >= 0.5.
+    """F1 of one image's ``[box, label]`` detections under the detection rewards' one-to-one
+    matching (``detection.greedy_matches``: equal label, IoU >= 0.5).
 
     An unparsed answer scores 0; an image with nothing to find and nothing found scores 1.
     """
@@ -113,17 +115,8 @@ def detection_f1(pred: list | None, truth: list) -> float:
         return 0.0
     if not pred and not truth:
         return 1.0
-    pairs = sorted(
-        ((iou(p[0], t[0]), i, j) for i, p in enumerate(pred) for j, t in enumerate(truth) if p[1] == t[1]), reverse=True
-    )
-    used_p, used_t = set(), set()
-    for value, i, j in pairs:
-        if value < MATCH_IOU:
-            break
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-    return 2 * len(used_p) / (len(pred) + len(truth))
+    matched = greedy_matches([Detection(*d) for d in pred], [Detection(*d) for d in truth])
+    return 2 * len(matched) / (len(pred) + len(truth))
 
 
 def sample_score(row: dict) -> float:
@@ -202,17 +195,11 @@ def config_highlights(cfg: dict, rows: list[dict], summary: dict) -> list[list]:
 
 
 def before_after(summary: dict) -> str:
-    before, after = summary.get("before") or {}, summary.get("after") or {}
-    if not (before or after):
+    rows = before_after_rows(summary)
+    if not rows:
         return "<p class=note>No before/after evaluation in summary.json.</p>"
-    rows = []
-    for split in sorted(set(before) | set(after)):
-        b, a = before.get(split, {}), after.get(split, {})
-        for metric in [k for k in {**b, **a} if k != "n"]:
-            vb, va = b.get(metric), a.get(metric)
-            change = f"{va - vb:+.3f}" if vb is not None and va is not None else None
-            rows.append([split, metric, vb, va, change])
-    return _table(["split", "metric", "before", "after", "change"], rows)
+    cells = [[split, metric, b, a, None if change is None else f"{change:+.3f}"] for split, metric, b, a, change in rows]
+    return _table(["split", "metric", "before", "after", "change"], cells)
 
 
 def _training_html(rows: list[dict], out: Path) -> str:

@@ -93,3 +93,15 @@ SCORERS: dict[str, Scorer] = {
     "answer": Scorer(_answer_rows, _answer_summary),
     "gui": Scorer(_gui_rows, defect_metrics),
 }
+
+
+def before_after_rows(summary: dict) -> list[tuple]:
+    """(split, metric, before, after, change) for every metric of either evaluation; None where absent."""
+    before, after = summary.get("before") or {}, summary.get("after") or {}
+    rows = []
+    for split in sorted(set(before) | set(after)):
+        b_m, a_m = before.get(split, {}), after.get(split, {})
+        for metric in [k for k in {**b_m, **a_m} if k != "n"]:
+            b, a = b_m.get(metric), a_m.get(metric)
+            rows.append((split, metric, b, a, a - b if b is not None and a is not None else None))
+    return rows

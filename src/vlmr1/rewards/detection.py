@@ -226,18 +226,9 @@ def coco_ap(preds: list[list[Detection]], truths: list[list[Detection]]) -> dict
     }
 
 
-def weighted_sum_score(pred: list[Detection], gt: list[Detection]) -> float:
-    """0.7 * localisation + 0.3 * (1 - (miss_rate + false_alarm_rate) / 2), in [0, 1].
-
-    Greedy one-to-one matching in descending IoU over pairs with equal labels and IoU >= MATCH_IOU
-    (ties in list order). Localisation = sum of matched IoUs / n_gt, i.e. the mean IoU over the true
-    objects with a missed object counting 0 (as VLM-R1 does). Not the mean over matched pairs: that
-    would pay one perfect box out of ten objects .7 + .3 * (1 - .9 / 2) = .865, about as much as ten
-    boxes at IoU .8 (.86), and teach the policy to answer only its easiest object.
-    Both empty -> 1.0; exactly one empty -> 0.0.
-    """
-    if not gt or not pred:
-        return 1.0 if not gt and not pred else 0.0
+def greedy_matches(pred: list[Detection], gt: list[Detection]) -> list[float]:
+    """IoUs of a greedy one-to-one matching: pairs with equal labels and IoU >= MATCH_IOU, taken in
+    descending IoU (ties in list order), each prediction and each true box used at most once."""
     pairs = [(iou(p.box, g.box), i, j) for i, p in enumerate(pred) for j, g in enumerate(gt) if p.label == g.label]
     pairs = sorted((c for c in pairs if c[0] >= MATCH_IOU), key=lambda c: -c[0])  # stable: ties in list order
     used_pred, used_gt, matched = set(), set(), []
@@ -246,6 +237,21 @@ def weighted_sum_score(pred: list[Detection], gt: list[Detection]) -> float:
             used_pred.add(i)
             used_gt.add(j)
             matched.append(value)
+    return matched
+
+
+def weighted_sum_score(pred: list[Detection], gt: list[Detection]) -> float:
+    """0.7 * localisation + 0.3 * (1 - (miss_rate + false_alarm_rate) / 2), in [0, 1].
+
+    Matching: ``greedy_matches``. Localisation = sum of matched IoUs / n_gt, i.e. the mean IoU over the true
+    objects with a missed object counting 0 (as VLM-R1 does). Not the mean over matched pairs: that
+    would pay one perfect box out of ten objects .7 + .3 * (1 - .9 / 2) = .865, about as much as ten
+    boxes at IoU .8 (.86), and teach the policy to answer only its easiest object.
+    Both empty -> 1.0; exactly one empty -> 0.0.
+    """
+    if not gt or not pred:
+        return 1.0 if not gt and not pred else 0.0
+    matched = greedy_matches(pred, gt)
     position = sum(matched) / len(gt)
     miss_rate = (len(gt) - len(matched)) / len(gt)
     false_alarm_rate = (len(pred) - len(matched)) / len(pred)
