@@ -47,7 +47,7 @@ def run_one(overrides: list[str]) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     # Counted after the peak was read, so this extra load does not show in the memory figure.
     from vlmr1.embedded import resolve_model_path
-    from vlmr1.runtime import load_model
+    from vlmr1.models.loading import load_model
 
     model = load_model(cfg, resolve_model_path(cfg.model.path), fresh_lora=True).model
     return {

@@ -118,6 +118,7 @@ def run_vlmr1(spec: dict) -> dict:
     """
     import torch
 
+    from vlmr1 import run as vlmr1_run
     from vlmr1.config import load_config
     from vlmr1.rl import trainer as vlmr1_trainer
 
@@ -133,13 +134,13 @@ def run_vlmr1(spec: dict) -> dict:
             probe.start_loop()
             marks.append(time.perf_counter())
 
-    class ClockedLogger(vlmr1_trainer.MetricsLogger):
+    class ClockedLogger(vlmr1_run.MetricsLogger):
         def log(self, step, metrics):
             super().log(step, metrics)
             marks.append(time.perf_counter())
             probe.step_end()
 
-    vlmr1_trainer.Timers, vlmr1_trainer.MetricsLogger = LoopTimers, ClockedLogger
+    vlmr1_trainer.Timers, vlmr1_run.MetricsLogger = LoopTimers, ClockedLogger  # the loop's timers; start_log's logger
     cfg = load_config(None, vlmr1_overrides(spec))
     vlmr1_trainer.train(cfg)
     lines = [json.loads(x) for x in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -39,7 +39,7 @@ def smart_input_size(image_size: tuple[int, int], processor) -> tuple[int, int]:
 def ordered_samples(spec: dict) -> list:
     """The samples in the order vlmr1 visits them: ``DataOrder`` of train.seed, P per step."""
     from vlmr1.data.jsonl import load_samples
-    from vlmr1.runtime import DataOrder
+    from vlmr1.data.order import DataOrder
 
     samples, _ = load_samples(spec["data"], None)
     order = DataOrder(len(samples), spec["seed"], spec["workload"]["prompts"])
@@ -60,7 +60,7 @@ def build_dataset(samples: list, processor):
     """TRL rows: conversational prompt, image, and the reward columns vlmr1's trainer passes."""
     from datasets import Dataset
 
-    from vlmr1.runtime import make_batch
+    from vlmr1.data.batch import make_batch
 
     batch = make_batch(samples, "rec")
     rows = []
@@ -320,7 +320,7 @@ def run_trl(spec: dict, probe, seed_fn) -> dict:
     """Build TRL's trainer on vlmr1's model, processor, prompts and rewards; check; train; report."""
     import gc
 
-    from vlmr1.models.adapter import load_adapter
+    from vlmr1.models.loading import load_adapter
 
     torch.set_num_threads(spec["threads"])
     w, m = spec["workload"], spec["matched"]

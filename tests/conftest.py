@@ -27,7 +27,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_dir):
     """The Qwen adapter on the tiny model, in eval mode. Tests must not train or modify it."""
-    from vlmr1.models.adapter import load_adapter
+    from vlmr1.models.loading import load_adapter
 
     adapter = load_adapter(tiny_dir)
     adapter.model.eval()

@@ -14,10 +14,11 @@ import sys
 
 import torch
 
-import vlmr1.rl.trainer as trainer_module
 from vlmr1.config import load_config
 from vlmr1.rl.algos import completion_mask
+from vlmr1.rl.engines import HFEngine
 from vlmr1.rl.rollout import Rollout
+from vlmr1.rl.trainer import train
 
 WORDS = " red green blue circle square left right"
 
@@ -35,19 +36,25 @@ def fixed_generate(group_size: int):
         width = sampling.max_new_tokens
         ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=prompts.input_ids.device)
         mask = completion_mask(ids, adapter.eos_token_ids)
-        return Rollout(prompts, ids, mask, adapter.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        return Rollout(prompts, ids, mask, adapter.tokenizer.batch_decode(ids, skip_special_tokens=True), sampling)
 
     return generate
+
+
+class FixedEngine(HFEngine):
+    """The HF engine's interface with fixed completions in place of sampling."""
+
+    def __init__(self, group_size: int):
+        super().__init__()
+        self.fixed = fixed_generate(group_size)
+
+    def generate(self, model, adapter, prompts, group_size, sampling, **_):
+        # Fixed rows for the G-times repeated prompts; like every engine, the rollout keeps each prompt once.
+        rollout = self.fixed(model, adapter, adapter.repeat_prompts(prompts, group_size), sampling)
+        return dataclasses.replace(rollout, prompts=prompts, group_size=group_size)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     group_size, overrides = int(sys.argv[1]), json.loads(sys.argv[2])
-    fixed = fixed_generate(group_size)
-    trainer_module.generate = fixed
-    # The prefill-once path gets the unrepeated prompts: repeat them, then the same fixed rows;
-    # like generate_shared, the rollout keeps each prompt once.
-    trainer_module.generate_shared = lambda model, adapter, prompts, G, sampling: dataclasses.replace(
-        fixed(model, adapter, adapter.repeat_prompts(prompts, G), sampling), prompts=prompts, group_size=G
-    )
-    trainer_module.train(load_config(None, overrides))
+    train(load_config(None, overrides), engine=FixedEngine(group_size))

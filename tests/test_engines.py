@@ -17,10 +17,12 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 
-import vlmr1.rl.engines as engines
+import vlmr1.rl.vllm_engine as engines
 from vlmr1.config import ConfigError, ModelConfig, load_config
-from vlmr1.models.adapter import load_adapter, user_content
-from vlmr1.rl.engines import HFEngine, VLLMEngine, vllm_engine
+from vlmr1.models.adapter import user_content
+from vlmr1.models.loading import load_adapter
+from vlmr1.rl.engines import HFEngine
+from vlmr1.rl.vllm_engine import VLLMEngine, vllm_engine
 from vlmr1.rl.rollout import Sampling, generate, generate_shared
 
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -216,8 +218,8 @@ def test_outputs_the_engine_refuses(tiny_dir, tiny_adapter, fake_vllm, answer, m
 
 def test_a_prompt_vllm_encodes_differently_is_refused(tiny_dir, tiny_adapter, fake_vllm, words, monkeypatch):
     fake_vllm(lambda i, j: ([words[3]], "stop"))
-    real = engines.prompt_text
-    monkeypatch.setattr(engines, "prompt_text", lambda a, p, n: real(a, p, n) + " extra")
+    real = engines.vllm_requests  # vLLM is sent other text than the adapter encoded
+    monkeypatch.setattr(engines, "vllm_requests", lambda *args: [{**r, "prompt": r["prompt"] + " extra"} for r in real(*args)])
     with pytest.raises(RuntimeError, match="scored under another prompt"):
         run_engine(tiny_dir, tiny_adapter, [[]])
 
@@ -289,7 +291,7 @@ def test_hf_engine_is_the_trainers_rollout(tiny_adapter, make_image):
     sampling = Sampling(max_new_tokens=6, temperature=0.9)
     for shared in (True, False):
         torch.manual_seed(3)
-        got = HFEngine(generate, generate_shared, shared).generate(a.model, a, prompts, 3, sampling, problems=None, images=None, seed=3)
+        got = HFEngine(shared).generate(a.model, a, prompts, 3, sampling, problems=None, images=None, seed=3)
         torch.manual_seed(3)
         want = generate_shared(a.model, a, prompts, 3, sampling) if shared else generate(a.model, a, a.repeat_prompts(prompts, 3), sampling)
         assert torch.equal(got.completion_ids, want.completion_ids) and got.texts == want.texts
@@ -397,5 +399,5 @@ def test_model_path_lora_base_and_unsupported_family(tiny_dir, tmp_path):
 
 
 def test_importing_vlmr1_does_not_import_vllm():
-    code = "import sys, vlmr1.cli, vlmr1.rl.trainer, vlmr1.rl.engines; assert 'vllm' not in sys.modules"
+    code = "import sys, vlmr1.cli, vlmr1.rl.trainer, vlmr1.rl.vllm_engine; assert 'vllm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -10,11 +10,11 @@ from transformers import AutoModelForImageTextToText
 
 from vlmr1.cli import main
 from vlmr1.config import load_config
-from vlmr1.models.adapter import load_adapter
+from vlmr1.models.loading import load_adapter
 from vlmr1.models.finetune import is_peft, projector_parameters, vision_tower_parameters
 from vlmr1.rl.logprobs import completion_logprobs
 from vlmr1.rl.trainer import train
-from vlmr1.runtime import load_model
+from vlmr1.models.loading import load_model
 
 REWARD = "def length_reward(completions, **kw):\n    return [float(len(c)) for c in completions]\n"
 

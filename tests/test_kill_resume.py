@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from vlmr1.config import load_config
 from vlmr1.rl.trainer import train
-from vlmr1.runtime import STATE_FILE, complete_checkpoints, latest_checkpoint, resolve_resume, save_checkpoint
+from vlmr1.checkpoints import STATE_FILE, complete_checkpoints, latest_checkpoint, resolve_resume, save_checkpoint
 
 STEPS = 6
 
@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vlmr1.runtime import save_checkpoint
+from vlmr1.checkpoints import save_checkpoint
 
 out, step, keep_last, stall = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 

@@ -1,5 +1,5 @@
 """Qwen2-VL, Qwen3-VL and InternVL through their adapters, on tiny offline checkpoints
-(vlmr1.models.tiny_families): dispatch, images in place, image-size settings, rollouts, log-probs
+(tests/tiny_families.py): dispatch, images in place, image-size settings, rollouts, log-probs
 under left padding, prompt batching, save/reload and two GRPO steps. Every test runs once per family.
 """
 
@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from transformers import InternVLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
 from vlmr1.config import load_config
-from vlmr1.models.adapter import load_adapter, model_type
+from vlmr1.models.loading import load_adapter, model_type
 from vlmr1.models.finetune import projector_parameters, vision_tower_parameters
 from vlmr1.models.internvl import InternVLAdapter
 from vlmr1.models.qwen3_vl import Qwen3VLAdapter
 from vlmr1.models.qwen_vl import QwenVLAdapter
-from vlmr1.models.tiny_families import build_tiny_internvl, build_tiny_qwen2_vl, build_tiny_qwen3_vl
+from tiny_families import build_tiny_internvl, build_tiny_qwen2_vl, build_tiny_qwen3_vl
 from vlmr1.rl.algos import completion_mask
 from vlmr1.rl.logprobs import completion_logprobs
 from vlmr1.rl.rollout import Sampling, generate, generation_config
@@ -353,7 +353,7 @@ def test_lora_skips_the_projector_outside_the_vision_tower(fam, lora_vision):
     # InternVL's projector (model.multi_modal_projector) is not under the vision tower's prefix;
     # a target naming its layers must still leave it alone unless model.lora_vision is set.
     from vlmr1.config import load_config
-    from vlmr1.runtime import load_model
+    from vlmr1.models.loading import load_model
 
     name, _, path, _ = fam
     if name != "internvl":

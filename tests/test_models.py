@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 
-from vlmr1.models.adapter import PromptBatch, load_adapter, model_type
+from vlmr1.models.adapter import PromptBatch
+from vlmr1.models.loading import load_adapter, model_type
 from vlmr1.models.processing import QwenImageOnlyProcessor, load_qwen_processor
 from vlmr1.models.qwen_vl import QwenVLAdapter
 from vlmr1.models.tiny import CHAT_TEMPLATE, build_config, build_image_processor, build_tokenizer

@@ -5,9 +5,10 @@ The reference is what the trainer computes today: ``completion_logprobs`` on
 """
 
 import pytest
+import tiny_families
 import torch
 
-from vlmr1.models.adapter import load_adapter
+from vlmr1.models.loading import load_adapter
 from vlmr1.rl.logprobs import completion_logprobs
 from vlmr1.rl.shared_prompt import prefill, prompt_positions, shared_prompt_logprobs
 
@@ -231,8 +232,7 @@ def test_gradient_checkpointing_is_refused_not_silently_wrong(tiny_dir, make_ima
 def test_other_model_families(tmp_path, make_image, family, side):
     # Qwen2-VL and Qwen3-VL (interleaved mrope, DeepStack) take mrope positions from their own
     # get_rope_index; InternVL has none and takes 1-D positions that skip the padding.
-    families = pytest.importorskip("vlmr1.models.tiny_families")
-    a = load_adapter(getattr(families, f"build_tiny_{family}")(tmp_path))
+    a = load_adapter(getattr(tiny_families, f"build_tiny_{family}")(tmp_path))
     a.model.eval()
     batch = [("Red?", [(side, side)]), (LONG, [(side, side), (side, side)]), ("Count.", [])]
     prompts = encode(a, make_image, batch)

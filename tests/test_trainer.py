@@ -12,11 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vlmr1.models.adapter as adapter_module
+import vlmr1.models.loading as loading_module
 import vlmr1.rl.trainer as trainer_module
 from vlmr1.cli import main
 from vlmr1.config import load_config
-from vlmr1.rl.trainer import micro_batches, train
+from vlmr1.rl.engines import HFEngine
+from vlmr1.rl.trainer import train
+from vlmr1.rl.update import micro_batches
 from vlmr1.sft import sft
 
 REWARD = "def length_reward(completions, **kw):\n    return [float(len(c)) for c in completions]\n"
@@ -55,14 +57,14 @@ def grpo_config(tiny_dir, reward_file, out, *extra):
 def run_counting_loads(fn, cfg):
     """Run ``fn(cfg)``, recording the path of every model loaded (every ``load_adapter`` call)."""
     calls = []
-    real = adapter_module.load_adapter
+    real = loading_module.load_adapter
 
     def counting(path, *args, **kwargs):
         calls.append(str(path))
         return real(path, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(adapter_module, "load_adapter", counting)
+        mp.setattr(loading_module, "load_adapter", counting)
         result = fn(cfg)
     return result, calls
 
@@ -264,7 +266,7 @@ def test_cli_rejects_bad_config_before_loading_anything(monkeypatch):
         raise AssertionError("training started despite an invalid config")
 
     monkeypatch.setattr(trainer_module, "train", must_not_run)
-    monkeypatch.setattr(adapter_module, "load_adapter", must_not_run)
+    monkeypatch.setattr(loading_module, "load_adapter", must_not_run)
     with pytest.raises(SystemExit) as exc:
         main(["train", "rollout.group_size=1"])
     assert "config error: rollout.group_size must be >= 2" in str(exc.value)
@@ -331,7 +333,7 @@ def test_nonfinite_loss_skips_the_step_and_counts_it(tiny_dir, reward_file, tmp_
 
 
 def test_too_many_nonfinite_steps_stop_with_a_checkpoint(tiny_dir, reward_file, tmp_path, monkeypatch):
-    from vlmr1.runtime import NonFiniteError
+    from vlmr1.optimizer import NonFiniteError
 
     _nan_loss_on(set(range(100)), monkeypatch)  # every step NaN
     out = tmp_path / "run"
@@ -355,11 +357,11 @@ def test_gpu_out_of_memory_names_the_settings_to_lower(tiny_dir, reward_file, tm
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer_module, "generate", oom)
-    monkeypatch.setattr(trainer_module, "generate_shared", oom)
+    engine = HFEngine()
+    engine.generate = oom
     cfg = grpo_config(tiny_dir, reward_file, tmp_path / "run", "train.eval_before=false")
     with pytest.raises(RuntimeError, match=r"GPU out of memory \(CUDA out of memory.*train.micro_batch_size.*max_completion_length"):
-        train(cfg)
+        train(cfg, engine=engine)
 
 
 def test_shared_prompt_training_matches_the_repeated_prompt_path(tiny_dir, reward_file, tmp_path):

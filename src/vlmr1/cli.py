@@ -44,7 +44,7 @@ def cmd_eval(argv: list[str]) -> None:
     from .data.jsonl import load_samples
     from .embedded import resolve_model_path
     from .evaluate import evaluate, print_metrics
-    from .models.adapter import load_adapter
+    from .models.loading import load_adapter
 
     p = argparse.ArgumentParser(
         prog="vlmr1 eval",
@@ -127,7 +127,8 @@ def cmd_compare(argv: list[str]) -> None:
 
 
 def cmd_export(argv: list[str]) -> None:
-    from .models.finetune import is_lora_checkpoint, merge_lora
+    from .models.finetune import is_lora_checkpoint
+    from .models.loading import merge_lora
 
     p = argparse.ArgumentParser(
         prog="vlmr1 export", description="Merge a LoRA checkpoint into its base model: a full HF checkpoint for from_pretrained."

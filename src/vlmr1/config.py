@@ -11,18 +11,27 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from .data.jsonl import OnError
+from .data.synthetic import SyntheticTask
+from .rl.algos import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
+
 EMBEDDED = "embedded"  # the shipped tiny base checkpoint / the generated synthetic REC task
+
+# Settings that take one of a few names are Literal types; ``validate`` checks every such field.
+DType = Literal["float32", "bfloat16", "float16"]
+Engine = Literal["hf", "vllm"]
+LRSchedule = Literal["constant", "cosine", "linear"]
 
 
 @dataclass
 class ModelConfig:
     path: str = EMBEDDED
     """HF checkpoint directory, or "embedded" for the tiny Qwen2.5-VL base that ships with vlmr1."""
-    dtype: str = "float32"
+    dtype: DType = "float32"
     """Parameter dtype: float32 | bfloat16 | float16."""
     min_pixels: int | None = None
     """Qwen image processor: smallest image area after resize (None keeps the checkpoint's)."""
@@ -62,9 +71,9 @@ class DataConfig:
     """Image folders for eval_files, paired by position."""
     task: str = "rec"
     """Question template applied to each prompt (see vlmr1.data.jsonl.QUESTION_TEMPLATES)."""
-    synthetic: str = "rec"
+    synthetic: SyntheticTask = "rec"
     """Embedded data only: which generated task, rec | det | count | gui (see vlmr1 data --help)."""
-    on_error: str = "raise"
+    on_error: OnError = "raise"
     """Bad data rows: "raise" stops with file:line:field; "skip" skips each with a counted warning."""
     num_train: int = 4000
     """Embedded data only: number of generated training samples."""
@@ -94,7 +103,7 @@ class RolloutConfig:
     """Top-k sampling (0 = off)."""
     repetition_penalty: float = 1.0
     """HF repetition penalty (1.0 = off)."""
-    engine: str = "hf"
+    engine: Engine = "hf"
     """What samples rollouts: hf (HF generate on the policy) | vllm (vLLM colocated on the training
     GPU, weights synced after each step; GPU only, pip install 'vlmr1[vllm]', see docs/vllm.md)."""
 
@@ -103,19 +112,19 @@ class RolloutConfig:
 class AlgoConfig:
     beta: float = 0.04
     """KL coefficient; 0 loads no reference model."""
-    kl_estimator: str = "k3"
+    kl_estimator: KLEstimator = "k3"
     """k1 | k2 | k3 (Schulman's estimators of KL(policy || reference))."""
     eps_low: float = 0.2
     """PPO clip below 1."""
     eps_high: float = 0.2
     """PPO clip above 1 (DAPO's clip-higher uses e.g. 0.28)."""
-    loss_aggregation: str = "grpo"
+    loss_aggregation: LossAggregation = "grpo"
     """grpo (per-sequence mean) | bnpo (local token mean) | dr_grpo (constant divisor) | dapo (global token mean)."""
-    advantage_scale: str = "group"
+    advantage_scale: AdvantageScale = "group"
     """Divide advantages by the std of the group | batch | none (Dr. GRPO)."""
     num_iterations: int = 1
     """mu: optimizer passes over each rollout batch (>1 stores old log-probs)."""
-    importance_level: str = "token"
+    importance_level: ImportanceLevel = "token"
     """token (GRPO) | sequence (GSPO)."""
     filter_zero_std: bool = False
     """Drop groups whose rewards are all equal from the update (they carry no advantage)."""
@@ -155,7 +164,7 @@ class TrainConfig:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear warm-up steps."""
-    lr_schedule: str = "constant"
+    lr_schedule: LRSchedule = "constant"
     """constant | cosine | linear (decay to 0 at the last step, after warm-up)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
@@ -191,19 +200,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-CHOICES = {
-    "model.dtype": {"float32", "bfloat16", "float16"},
-    "rollout.engine": {"hf", "vllm"},
-    "data.on_error": {"raise", "skip"},
-    "data.synthetic": {"rec", "det", "count", "gui"},
-    "algo.kl_estimator": {"k1", "k2", "k3"},
-    "algo.loss_aggregation": {"grpo", "bnpo", "dr_grpo", "dapo"},
-    "algo.advantage_scale": {"group", "batch", "none"},
-    "algo.importance_level": {"token", "sequence"},
-    "train.lr_schedule": {"constant", "cosine", "linear"},
-}
-
-
 class ConfigError(ValueError):
     pass
 
@@ -224,6 +220,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0])
+    if origin is Literal:  # the type here; which names are allowed, in ``validate``
+        return _coerce(value, type(typing.get_args(hint)[0]), key)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -283,11 +281,12 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None
 
 def validate(cfg: Config) -> None:
     """Reject impossible or unsupported combinations before anything loads."""
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r}: expected one of {sorted(allowed)}")
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for name, hint in typing.get_type_hints(type(values)).items():
+            if typing.get_origin(hint) is Literal and getattr(values, name) not in typing.get_args(hint):
+                allowed = sorted(typing.get_args(hint))
+                raise ConfigError(f"{section.name}.{name}={getattr(values, name)!r}: expected one of {allowed}")
     r, a, t = cfg.rollout, cfg.algo, cfg.train
     checks = [
         (r.group_size >= 2, "rollout.group_size must be >= 2: group advantages need at least two samples"),

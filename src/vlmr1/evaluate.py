@@ -1,6 +1,6 @@
 """Held-out evaluation for every task: greedy decoding, per-task metrics, per-sample JSONL.
 
-Each sample is scored by the scorer of its kind (``scoring.kind_of`` on its
+Each sample is scored by the scorer of its kind (``eval_metrics.kind_of`` on its
 ``accu_reward_method``): REC Acc@0.5 and mean IoU, detection COCO mAP/AP50 over the split,
 answer accuracy (math-verify and friends), GUI defect accuracy and region IoU. A split that
 mixes kinds reports each kind's metrics prefixed with the kind ("detection/map").
@@ -17,8 +17,8 @@ from .data.jsonl import Sample
 from .models.adapter import box_frames
 from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
-from .runtime import make_batch
-from .scoring import SCORERS, before_after_rows, kind_of
+from .data.batch import make_batch
+from .eval_metrics import SCORERS, before_after_rows, kind_of
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import yaml
 from .report_plots import PRED, TRUE, Series, plot_eval, plot_panels, render_sample, row_boxes
 from .rewards.detection import MATCH_IOU, Detection, greedy_matches
 from .rewards.grounding import answer_content
-from .scoring import before_after_rows
+from .eval_metrics import before_after_rows
 
 _EVAL_FILE = re.compile(r"^(before|after|step(\d+))-(.+)\.jsonl$")
 _EVAL_KEY = re.compile(r"^(eval|eval_after)/([^/]+)/(.+)$")  # eval/<split>/<metric>; the metric may hold "/"

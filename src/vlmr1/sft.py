@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .checkpoints import load_trainer_state, resolve_resume, save_checkpoint
 from .config import Config, ConfigError
+from .data.batch import make_batch
+from .data.order import DataOrder
+from .distributed import micro_batch
 from .embedded import prepare_data, resolve_model_path
 from .evaluate import flat_metrics, run_evals
+from .metrics import Timers
+from .models.loading import load_model
+from .optimizer import NonFiniteError, NonFiniteGuard, build_optimizer, optimizer_step
 from .rl.algos import completion_mask, masked_mean
 from .rl.logprobs import completion_logprobs
-from .runtime import (
-    DataOrder,
-    MetricsLogger,
-    NonFiniteError,
-    NonFiniteGuard,
-    Timers,
-    build_optimizer,
-    explain_oom,
-    finish_run,
-    load_model,
-    load_trainer_state,
-    make_batch,
-    make_run_dir,
-    micro_batch,
-    optimizer_step,
-    resolve_resume,
-    save_checkpoint,
-    save_config,
-    seed_everything,
-)
+from .run import explain_oom, finish_run, make_run_dir, seed_everything, start_log
 
 
 def sft_loss(model, adapter, batch) -> torch.Tensor:
@@ -68,53 +57,55 @@ def sft(cfg: Config) -> dict:
 def _sft(cfg: Config) -> dict:
     out = make_run_dir(cfg, "sft")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    seed_everything(cfg.train.seed)
+    main, t = accelerator.is_main_process, cfg.train
+    seed_everything(t.seed)
     with accelerator.local_main_process_first():
         data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
     adapter = load_model(cfg, resume or resolve_model_path(cfg.model.path, out), fresh_lora=resume is None)
-    optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], cfg.train)
+    optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], t)
     model, optimizer = accelerator.prepare(adapter.model, optimizer)
     state = load_trainer_state(resume, optimizer, scheduler) if resume is not None else {"step": 0}
     start = state["step"]
-    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, state.get("skipped_steps", 0))
-    if main:
-        save_config(cfg, out)
-    logger = MetricsLogger(out, enabled=main)
-    logger.truncate_after(start)
-    summary: dict = {}
-    if cfg.train.eval_before and start == 0 and main and data.evals:
-        summary["before"] = run_evals(cfg, model, adapter, data, out, "before")
-        logger.log(0, flat_metrics(summary["before"]))
-    order = DataOrder(len(data.train), cfg.train.seed, cfg.train.prompts_per_step, accelerator.num_processes, accelerator.process_index)
+    guard = NonFiniteGuard(t.max_nonfinite_steps, out, state.get("skipped_steps", 0))
+    step_optimizer = functools.partial(optimizer_step, accelerator, model, optimizer, scheduler, t.max_grad_norm, guard)
+    logger, summary = start_log(cfg, out, main, start, model, adapter, data)
+    order = DataOrder(len(data.train), t.seed, t.prompts_per_step, accelerator.num_processes, accelerator.process_index)
     timers = Timers()
-    micro = cfg.train.micro_batch_size
-    bar = tqdm(total=cfg.train.steps, initial=start, desc="sft", disable=not (main and cfg.train.progress))
+    micro = t.micro_batch_size
+    bar = tqdm(total=t.steps, initial=start, desc="sft", disable=not (main and t.progress))
     model.train()
-    for step in range(start, cfg.train.steps):
-        with timers("data"):
-            batch_samples = [data.train[i] for i in order.indices(step)]
-        total = 0.0
-        with timers("update"):
-            for k in range(0, len(batch_samples), micro):
-                chunk = batch_samples[k : k + micro]
-                with micro_batch(accelerator, model, last=k + micro >= len(batch_samples)):
-                    loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
-                    accelerator.backward(loss)
-                total += loss.item()
-            grad_norm, stepped = optimizer_step(accelerator, model, optimizer, scheduler, cfg.train.max_grad_norm, math.isfinite(total))
-        if guard.record(stepped):
-            if main:
-                save_checkpoint(out, step + 1, adapter, optimizer, scheduler, {"skipped_steps": guard.skipped})
-            raise NonFiniteError(guard.message(step + 1, out / f"checkpoint-{step + 1}"))
-        if (step + 1) % cfg.train.log_every == 0:
-            metrics = {"loss": total, "grad_norm": grad_norm, "skipped_steps": guard.skipped, "lr": scheduler.get_last_lr()[0]}
-            logger.log(step + 1, {**metrics, **timers.pop()})
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and main:
-            logger.log(step + 1, flat_metrics(run_evals(cfg, model, adapter, data, out, f"step{step + 1}")))
-        if main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-            save_checkpoint(out, step + 1, adapter, optimizer, scheduler, {"skipped_steps": guard.skipped}, cfg.train.keep_last)
+    for step in range(start, t.steps):
+        with timers("step"):
+            with timers("data"):
+                batch_samples = [data.train[i] for i in order.indices(step)]
+            total = 0.0
+            with timers("update"):
+                for k in range(0, len(batch_samples), micro):
+                    chunk = batch_samples[k : k + micro]
+                    with micro_batch(accelerator, model, last=k + micro >= len(batch_samples)):
+                        loss = sft_loss(model, adapter, make_batch(chunk, cfg.data.task)) * len(chunk) / len(batch_samples)
+                        accelerator.backward(loss)
+                    total += loss.item()
+                try:
+                    grad_norm = step_optimizer(math.isfinite(total), step + 1)
+                except NonFiniteError:
+                    if main:
+                        save_checkpoint(out, step + 1, adapter, optimizer, scheduler, {"skipped_steps": guard.skipped})
+                    raise
+            log = (step + 1) % t.log_every == 0
+            row = {"loss": total, "grad_norm": grad_norm} if log else {}
+            if t.eval_every and (step + 1) % t.eval_every == 0 and main:
+                with timers("eval"):
+                    row.update(flat_metrics(run_evals(cfg, model, adapter, data, out, f"step{step + 1}")))
+        # Log, then save (as in GRPO): time/save is the write after the previous line.
+        if log:
+            row.update(skipped_steps=guard.skipped, lr=scheduler.get_last_lr()[0], **timers.pop())
+        if row:
+            logger.log(step + 1, row)
+        if main and t.save_every and (step + 1) % t.save_every == 0:
+            with timers("save"):
+                save_checkpoint(out, step + 1, adapter, optimizer, scheduler, {"skipped_steps": guard.skipped}, t.keep_last)
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}")
     bar.close()

@@ -32,6 +32,9 @@ from typing import Any, Literal, NamedTuple
 
 logger = logging.getLogger(__name__)
 
+OnError = Literal["raise", "skip"]
+"""What a bad row does: "raise" stops with file:line:field, "skip" skips it with a counted warning."""
+
 _KNOWN_KEYS = ("id", "image", "conversations", "accu_reward_method")
 
 
@@ -115,7 +118,7 @@ def parse_row(line: str, where: str, image_folder: str, check_images: bool = Tru
 def load_samples(
     data_files: str | list[str],
     image_folders: str | list[str] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError = "raise",
     check_images: bool = True,
 ) -> LoadResult:
     """Load and validate VLM-R1 JSONL files; returns ``LoadResult(samples, skipped)``.

@@ -1,12 +1,11 @@
 """The adapter protocol: everything that differs between model families, and nothing else.
 
 The trainer, data and rewards talk to a model only through an adapter; they never test a
-model's name. The adapter is chosen from the checkpoint's ``config.json`` ``model_type``.
+model's name. ``models.loading`` picks the adapter from the checkpoint's ``config.json`` ``model_type``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -89,8 +88,12 @@ class VLMAdapter(Protocol):
     def suppressed_token_ids(self) -> list[int]:
         """Tokens a completion must never contain (image placeholders): sampling and log-probs drop them."""
 
+    def prompt_text(self, problem: str, n_images: int) -> str:
+        """The chat-templated prompt with ``n_images`` image placeholders unexpanded: what
+        ``encode_prompts`` tokenises, and what an engine with its own processor (vLLM) expands."""
+
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
-        """Chat-format each problem with its images in place and encode a left-padded batch."""
+        """Chat-format each problem (``prompt_text``) with its images in place and encode a left-padded batch."""
 
     def repeat_prompts(self, prompts: PromptBatch, times: int) -> PromptBatch:
         """Each prompt ``times`` times consecutively, with its images (for G completions)."""
@@ -136,32 +139,3 @@ def box_frames(adapter, prompts: PromptBatch) -> list[tuple[int, int] | None]:
     if adapter.box_frame == "input":
         return [sizes[0] if sizes else None for sizes in prompts.input_sizes]
     return [NORM_1000 if sizes else None for sizes in prompts.input_sizes]
-
-
-def model_type(path: str | Path) -> str:
-    config = Path(path) / "config.json"
-    if not config.exists():
-        raise FileNotFoundError(f"{config}: not found; model.path must be a local HF checkpoint folder")
-    return json.loads(config.read_text()).get("model_type", "")
-
-
-def load_adapter(path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> VLMAdapter:
-    """The adapter for the checkpoint at ``path``, chosen by its config's ``model_type``.
-
-    ``image_kwargs`` set the image size where not None: ``min_pixels``/``max_pixels`` for the
-    Qwen families, ``min_patches``/``max_patches`` (tiles) for InternVL; an adapter rejects
-    options that do not apply to its family.
-    """
-    from .internvl import INTERNVL_MODEL_TYPES, InternVLAdapter
-    from .qwen3_vl import QWEN3_MODEL_TYPES, Qwen3VLAdapter
-    from .qwen_vl import QWEN_MODEL_TYPES, QwenVLAdapter
-
-    adapters = {
-        **{k: QwenVLAdapter for k in QWEN_MODEL_TYPES},
-        **{k: Qwen3VLAdapter for k in QWEN3_MODEL_TYPES},
-        **{k: InternVLAdapter for k in INTERNVL_MODEL_TYPES},
-    }
-    kind = model_type(path)
-    if kind not in adapters:
-        raise ValueError(f"{path}: model_type {kind!r} has no adapter (supported: {sorted(adapters)})")
-    return adapters[kind].load(path, dtype=dtype, **image_kwargs)

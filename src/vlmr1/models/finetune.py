@@ -1,5 +1,5 @@
 """Fine-tuning modes, all from ``model.*`` config: full, LoRA (peft), frozen vision tower and/or
-projector, gradient checkpointing; and loading, exporting and merging LoRA checkpoints.
+projector, gradient checkpointing; and adding and loading LoRA adapters (``loading.merge_lora`` exports them merged).
 
 Which parameters form the vision tower and the projector is the adapter's business
 (``vision_prefix`` / ``projector_prefix``, parameter-name prefixes of the HF model); this module
@@ -107,14 +107,3 @@ def apply_modes(adapter, m, trainable: bool) -> None:
         # Non-reentrant checkpointing: correct with frozen inputs (LoRA, frozen vision) without
         # the enable_input_require_grads workaround the reentrant variant needs.
         adapter.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-
-
-def merge_lora(path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write a full checkpoint (base + LoRA merged) that plain ``from_pretrained`` loads."""
-    from .adapter import load_adapter
-
-    adapter = load_adapter(lora_base_path(path), dtype=dtype)
-    load_lora(adapter, path, trainable=False)
-    adapter.model = adapter.model.merge_and_unload()
-    adapter.save(out_dir)
-    return Path(out_dir)

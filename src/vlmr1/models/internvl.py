@@ -163,11 +163,12 @@ class InternVLAdapter:
     def tiles_per_row(self, input_ids: torch.Tensor) -> list[int]:
         return ((input_ids == self.image_token_id).sum(1) // self.seq_length).tolist()
 
+    def prompt_text(self, problem: str, n_images: int) -> str:
+        """The chat-templated prompt, image placeholders unexpanded (the processor expands each to its tiles' tokens)."""
+        return self.processor.apply_chat_template(self.messages(problem, n_images), add_generation_prompt=True, tokenize=False)
+
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
-        texts = [
-            self.processor.apply_chat_template(self.messages(p, len(ims)), add_generation_prompt=True, tokenize=False)
-            for p, ims in zip(problems, images)
-        ]
+        texts = [self.prompt_text(p, len(ims)) for p, ims in zip(problems, images)]
         flat = [im for ims in images for im in ims]
         # Tiling is InternVL's intended input (the stock processor's default); stated so a saved
         # image-processor setting cannot silently turn it off.

@@ -124,7 +124,6 @@ class RewardOutput:
     per_func: torch.Tensor  # [N, n_rewards] float32, NaN where a function returned None
     total: torch.Tensor  # [N] nansum over rewards of weight * value (0 where every reward was None)
     names: list[str]  # [n_rewards] column names of per_func, in the order of `funcs`
-    means: dict[str, float]  # nanmean of each column (NaN if the whole column was None)
 
 
 def _check_values(name: str, values, n: int) -> list[float]:
@@ -191,6 +190,4 @@ def compute_rewards(
     per_func = torch.tensor(cols, dtype=torch.float32).reshape(len(names), n).T.contiguous()  # [N, n_rewards]
     w = torch.tensor(weights, dtype=torch.float32)  # [n_rewards]
     total = torch.nansum(per_func * w, dim=1)  # [N]; NaN * w stays NaN, then nansum drops it
-    col_means = torch.nanmean(per_func, dim=0)  # [n_rewards]
-    means = {name: float(col_means[j]) for j, name in enumerate(names)}
-    return RewardOutput(per_func=per_func, total=total, names=names, means=means)
+    return RewardOutput(per_func=per_func, total=total, names=names)

@@ -19,14 +19,28 @@ from .algos import completion_mask
 from .shared_prompt import cache_arg, prefill
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Sampling:
+    """How completions are drawn. Every log-prob pass over a rollout reads its temperature from
+    the ``Sampling`` the rollout records, so ratios and KL refer to the distribution sampled from."""
+
     max_new_tokens: int
-    do_sample: bool = True
+    do_sample: bool = True  # False: greedy (evaluation)
     temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
+    top_p: float = 1.0  # 1.0 = off
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off
+
+    @classmethod
+    def from_config(cls, r) -> "Sampling":
+        """The rollout sampling of a ``RolloutConfig``."""
+        return cls(
+            max_new_tokens=r.max_completion_length,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            repetition_penalty=r.repetition_penalty,
+        )
 
 
 @dataclass
@@ -42,6 +56,7 @@ class Rollout:
     completion_ids: torch.Tensor  # [N, Lc] right-padded
     completion_mask: torch.Tensor  # [N, Lc] 1 up to and including the first EOS
     texts: list[str]  # [N] decoded completions
+    sampling: Sampling  # what the completions were drawn with
     group_size: int = 1  # G
 
 
@@ -90,10 +105,10 @@ def generate(model, adapter, prompts: PromptBatch, sampling: Sampling) -> Rollou
     model.eval()
     out = model.generate(**inputs, generation_config=config)
     model.train(was_training)
-    return finish_rollout(adapter, prompts, out[:, prompts.input_ids.shape[1] :])
+    return finish_rollout(adapter, prompts, out[:, prompts.input_ids.shape[1] :], sampling)
 
 
-def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor, group_size: int = 1) -> Rollout:
+def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor, sampling: Sampling, group_size: int = 1) -> Rollout:
     """Mask and decode sampled completions [N, Lc]; ``prompts`` are the N / group_size prompts."""
     if completion_ids.shape[1] == 0:  # generate always emits >= 1 token
         raise RuntimeError("generate returned no new tokens")
@@ -101,7 +116,7 @@ def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor, 
     # Everything after the first EOS becomes padding, so later forwards see clean rows.
     completion_ids = completion_ids.masked_fill(mask == 0, adapter.pad_token_id)
     texts = adapter.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompts, completion_ids, mask, texts, group_size)
+    return Rollout(prompts, completion_ids, mask, texts, sampling, group_size)
 
 
 def _logits_processors(s: Sampling, suppress: list[int]) -> LogitsProcessorList:
@@ -155,5 +170,5 @@ def generate_shared(model, adapter, prompts: PromptBatch, group_size: int, sampl
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg(): pre.cache})
         logits = out.logits[:, -1].float()
     model.train(was_training)
-    return finish_rollout(adapter, prompts, ids[:, prompts.input_ids.shape[1] :], group_size)
+    return finish_rollout(adapter, prompts, ids[:, prompts.input_ids.shape[1] :], sampling, group_size)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vlmr1.evaluate import summarise
-from vlmr1.scoring import SCORERS, kind_of
+from vlmr1.eval_metrics import SCORERS, kind_of
 
 
 def _rows(kind, texts, cols):

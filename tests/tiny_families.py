@@ -1,4 +1,5 @@
-"""Tiny Qwen2-VL, Qwen3-VL and InternVL checkpoints, built offline like ``tiny.build_tiny``.
+"""Tiny Qwen2-VL, Qwen3-VL and InternVL checkpoints for the tests, built offline like
+``vlmr1.models.tiny.build_tiny`` (which ships: the embedded default and ``model.path=tiny-random`` use it).
 
 Each uses transformers' own model class with random weights (about 1M parameters: text 128 x 2
 layers, vision 64 x 2 layers), the byte-level BPE tokenizer of ``tiny.py`` (digits split) and an
@@ -32,11 +33,11 @@ from transformers import (
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .internvl import INTERNVL_TOKENS, InternVLImageOnlyProcessor, save_internvl_processor
-from .processing import QwenImageOnlyProcessor
-from .qwen3_vl import Qwen3ImageOnlyProcessor, save_qwen3_processor
-from .qwen_vl import save_qwen2_processor
-from .tiny import CHAT_TEMPLATE, INIT_STD, SYSTEM_TURN, build_tokenizer
+from vlmr1.models.internvl import INTERNVL_TOKENS, InternVLImageOnlyProcessor, save_internvl_processor
+from vlmr1.models.processing import QwenImageOnlyProcessor
+from vlmr1.models.qwen3_vl import Qwen3ImageOnlyProcessor, save_qwen3_processor
+from vlmr1.models.qwen_vl import save_qwen2_processor
+from vlmr1.models.tiny import CHAT_TEMPLATE, INIT_STD, SYSTEM_TURN, build_tokenizer
 
 # Qwen3-VL's layout: like Qwen2.5-VL's but no system turn unless the conversation has one.
 QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(SYSTEM_TURN, "")

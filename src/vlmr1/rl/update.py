@@ -1,0 +1,176 @@
+"""The policy update of a GRPO step: log-prob passes over a rollout, and mu optimizer updates on it.
+
+Every log-prob pass divides the logits by the temperature the rollout records
+(``rollout.sampling``), so ratios and KL refer to the distribution the completions came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from ..config import AlgoConfig
+from ..distributed import micro_batch
+from . import algos
+from .logprobs import completion_logprobs
+from .rollout import Rollout, prompt_rows
+from .shared_prompt import shared_prompt_logprobs
+
+
+def micro_batches(rows: list[int], size: int) -> list[list[int]]:
+    """Chunks of at most ``size`` rows, each a contiguous run (filtered groups leave gaps)."""
+    runs: list[list[int]] = []
+    for i in rows:
+        if runs and runs[-1][-1] == i - 1 and len(runs[-1]) < size:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def chunk_logprobs(model, adapter, rollout: Rollout, shared: bool, rows: list[int]) -> torch.Tensor:
+    """Log-probs [n, Lc] of a contiguous run of rollout rows.
+
+    ``shared``: each prompt of the run is encoded once and its completions attend to the shared
+    cache (``shared_prompt``: exact, up to G x less prompt work); otherwise each row's prompt is
+    run in full.
+    """
+    start, stop = rows[0], rows[-1] + 1
+    ids, mask = rollout.completion_ids[start:stop], rollout.completion_mask[start:stop]
+    temperature = rollout.sampling.temperature
+    if shared:
+        G = rollout.group_size
+        first, last = start // G, (stop - 1) // G + 1
+        counts = [min(stop, (i + 1) * G) - max(start, i * G) for i in range(first, last)]  # a run may cut a group
+        prompts = adapter.slice_prompts(rollout.prompts, first, last)
+        return shared_prompt_logprobs(model, adapter, prompts, ids, mask, counts, temperature, adapter.suppressed_token_ids)
+    inputs = adapter.sequence_inputs(prompt_rows(adapter, rollout, start, stop), ids, mask)
+    return completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids)
+
+
+@torch.no_grad()
+def frozen_logprobs(model, adapter, rollout: Rollout, shared: bool, size: int) -> torch.Tensor:
+    """Log-probs [N, Lc] without gradients (old policy for mu > 1, or the reference model)."""
+    rows = micro_batches(list(range(len(rollout.texts))), size)
+    return torch.cat([chunk_logprobs(model, adapter, rollout, shared, run) for run in rows])
+
+
+class RowTensors(NamedTuple):
+    """A step's per-row tensors for some rows (a micro-batch)."""
+
+    advantages: torch.Tensor  # [n]
+    old_logp: torch.Tensor | None  # [n, Lc], None when mu = 1 (the current log-probs, detached, stand in)
+    ref_logp: torch.Tensor | None  # [n, Lc], None when beta = 0
+    mask: torch.Tensor  # [n, Lc] completion mask
+
+
+@dataclass
+class StepBatch:
+    """What a GRPO step trains on: the rollout and the tensors computed from it (row i*G+j is
+    prompt i's j-th completion, N = P * G)."""
+
+    rollout: Rollout
+    advantages: torch.Tensor  # [N]
+    rows: list[int]  # rows in the update: all, or those of groups with reward spread (algo.filter_zero_std)
+    old_logp: torch.Tensor | None = None  # [N, Lc] (mu > 1)
+    ref_logp: torch.Tensor | None = None  # [N, Lc] (beta > 0)
+
+    def select(self, rows: list[int]) -> RowTensors:
+        index = torch.tensor(rows)
+
+        def pick(t):
+            return None if t is None else t[index]
+
+        return RowTensors(self.advantages[index], pick(self.old_logp), pick(self.ref_logp), self.rollout.completion_mask[index])
+
+
+@dataclass
+class UpdateStats:
+    """This rank's numbers from the mu updates of one step (logged as means by ``step_metrics``)."""
+
+    loss: list[float] = field(default_factory=list)  # per micro-batch, weighted as backpropagated
+    policy_loss: list[float] = field(default_factory=list)  # the same without the KL term
+    kl: list[float] = field(default_factory=list)  # per micro-batch token mean (beta > 0)
+    clip_fraction: list[float] = field(default_factory=list)  # per micro-batch token mean
+    ratio: list[float] = field(default_factory=list)  # per micro-batch token mean of the importance ratio
+    grad_norm: list[float] = field(default_factory=list)  # per optimizer step, before clipping
+    passes: int = 0  # optimizer updates done (0 when every group of every rank was filtered out)
+
+
+def policy_update(
+    model,
+    adapter,
+    accelerator,
+    batch: StepBatch,
+    a: AlgoConfig,
+    *,
+    micro_batch_size: int,
+    shared: bool,
+    step_optimizer: Callable[[bool], float],
+) -> UpdateStats:
+    """``a.num_iterations`` (mu) optimizer updates on the rollout, micro-batched with gradient
+    accumulation; ``step_optimizer(loss_finite)`` clips, steps and returns the gradient norm.
+
+    Every aggregation is a mean over the GLOBAL batch (all ranks, all micro-batches), whatever
+    the split. Let W be the world size, R the kept rows and T their valid tokens summed over all
+    ranks, and n a micro-batch's rows. DDP averages gradients over the W ranks, so a rank's
+    micro-batch losses are weighted to make (1/W) * sum over ranks and micro-batches of
+    weight * grad(loss_mb) equal the gradient of the global loss:
+
+    - grpo (mean over rows of per-row means): loss_mb is the mean over its n rows, and the global
+      loss is the sum over rows / R; so weight = n * W / R. The same weight makes bnpo a row-weighted
+      mean of micro-batch token means and dr_grpo (sum / (n * Lmax) per micro-batch) exactly the
+      global sum / (R * Lmax).
+    - dapo (token mean over the global batch): ``policy_loss`` divides by T / W, so weight = 1:
+      (1/W) * sum of token losses * W / T = sum / T.
+    - A rank whose groups were all filtered out (R counts none of its rows) still joins DDP's
+      gradient all-reduce with one zero-weighted row; otherwise the other ranks would wait for it
+      forever. When no rank has rows (R = 0) no update is made at all.
+    """
+    stats = UpdateStats()
+    mask = batch.rollout.completion_mask
+    rows = batch.rows
+    counts = torch.tensor([float(len(rows)), mask[rows].sum().item() if rows else 0.0], device=accelerator.device)
+    global_rows, global_tokens = accelerator.reduce(counts, "sum").tolist()
+    if not global_rows:
+        return stats
+    world = accelerator.num_processes
+    update_rows, share = (rows, 1.0) if rows else ([0], 0.0)
+    for _ in range(a.num_iterations):
+        chunks = micro_batches(update_rows, micro_batch_size)
+        finite = True
+        for k, chunk in enumerate(chunks):
+            with micro_batch(accelerator, model, last=k == len(chunks) - 1):
+                logp = chunk_logprobs(model, adapter, batch.rollout, shared, chunk)  # [n, Lc]
+                sel = batch.select(chunk)
+                res = algos.policy_loss(
+                    logp,
+                    logp.detach() if sel.old_logp is None else sel.old_logp,
+                    sel.advantages,
+                    sel.mask,
+                    eps_low=a.eps_low,
+                    eps_high=a.eps_high,
+                    ref_logp=sel.ref_logp,
+                    beta=a.beta,
+                    kl_estimator=a.kl_estimator,
+                    aggregation=a.loss_aggregation,
+                    max_completion_length=batch.rollout.sampling.max_new_tokens,
+                    global_num_tokens=global_tokens / world,
+                    importance_level=a.importance_level,
+                )
+                weight = share * (1.0 if a.loss_aggregation == "dapo" else len(chunk) * world / global_rows)
+                accelerator.backward(res.loss * weight)
+            stats.loss.append(res.loss.item() * weight)
+            stats.policy_loss.append(res.policy_loss.item() * weight)
+            finite = finite and math.isfinite(stats.loss[-1])
+            stats.clip_fraction.append(res.clip_fraction.item())
+            stats.ratio.append(res.ratio_mean.item())
+            if res.kl is not None:
+                stats.kl.append(res.kl.item())
+        stats.grad_norm.append(step_optimizer(finite))
+        stats.passes += 1
+    return stats

@@ -1,0 +1,83 @@
+"""What a training run starts and ends with: its folder and saved config, seeding, GPU
+out-of-memory advice, and the finish (final checkpoint and model, held-out evaluation, summary).
+Shared by ``vlmr1 train`` (GRPO) and ``vlmr1 sft``."""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import latest_checkpoint, save_checkpoint, write_json
+from .config import Config, dump
+from .evaluate import flat_metrics, print_table, run_evals
+from .metrics import MetricsLogger
+
+
+def make_run_dir(cfg: Config, kind: str) -> Path:
+    if cfg.train.output_dir is None:
+        cfg.train.output_dir = str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_config(cfg: Config, out: Path) -> None:
+    """Save the resolved config in the run folder and print it, so every run states its settings."""
+    dump(cfg, out / "config.yaml")
+    print((out / "config.yaml").read_text())
+
+
+def start_log(cfg: Config, out: Path, main: bool, start: int, model, adapter, data) -> tuple[MetricsLogger, dict]:
+    """Rank 0 saves and prints the config; every rank gets the metrics log, cut back to the step
+    resumed from, and the run summary. A fresh run first evaluates the held-out splits ("before")."""
+    if main:
+        save_config(cfg, out)
+    logger = MetricsLogger(out, enabled=main)
+    logger.truncate_after(start)
+    summary: dict = {}
+    if cfg.train.eval_before and start == 0 and main and data.evals:
+        summary["before"] = run_evals(cfg, model, adapter, data, out, "before")
+        logger.log(0, flat_metrics(summary["before"]))
+    return logger, summary
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def explain_oom(settings: list[str]):
+    """Turn a GPU out-of-memory error into one that names the settings that reduce memory."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        raise RuntimeError(
+            f"GPU out of memory ({str(e).splitlines()[0] if str(e) else 'no details'}). Lower one of: "
+            + ", ".join(settings)
+        ) from e
+
+
+def finish_run(
+    cfg: Config, out: Path, adapter, model, optimizer, scheduler, data, logger: MetricsLogger, summary: dict, state: dict
+) -> None:
+    """Rank 0 at the end of SFT or GRPO: final checkpoint and model, held-out evaluation, summary.
+
+    ``state`` goes into the final checkpoint's trainer state (e.g. the skipped-step count).
+    """
+    # The loop has already saved the last step when save_every divides it: saving it again would
+    # only open a window in which that checkpoint is being replaced.
+    if latest_checkpoint(out) != out / f"checkpoint-{cfg.train.steps}":
+        save_checkpoint(out, cfg.train.steps, adapter, optimizer, scheduler, state, keep_last=cfg.train.keep_last)
+    adapter.save(out / "final")
+    if cfg.train.eval_after and data.evals:
+        summary["after"] = run_evals(cfg, model, adapter, data, out, "after")
+        logger.log(cfg.train.steps, flat_metrics(summary["after"], "eval_after"))
+    write_json(out / "summary.json", summary)
+    print_table(summary)
