@@ -295,3 +295,45 @@ def test_detection_rewards_scale_prediction_to_original_image():
 def test_detection_rewards_registered():
     assert {"map", "od_ap", "od_ap50", "odLength", "weighted_sum"} <= set(available_rewards())
     assert get_reward("od_ap") is get_reward("map")
+
+
+THREE = [
+    {"bbox_2d": [0, 0, 10, 10], "label": "cat"},
+    {"bbox_2d": [20, 20, 30, 30], "label": "dog"},
+    {"bbox_2d": [40, 40, 50, 50], "label": "cat"},
+]
+
+
+def _cuts(text: str) -> list[str]:
+    """Every prefix of ``text`` that stops inside the list: each position in each of its objects."""
+    return [text[:k] for k in range(1, len(text) - 1)]
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+def test_a_list_cut_off_anywhere_is_unparseable(fenced):
+    # A rollout that hit the length limit mid-answer must not score: before, the fallback decoded
+    # the first complete inner object as the whole answer (a cut inside the third object scored
+    # map 0.505, weighted_sum 0.575). Every cut of a 3-object list, in every object, is None.
+    full = json.dumps(THREE)
+    for cut in _cuts(full):
+        text = f"<answer>```json\n{cut}" if fenced else f"<think>ok</think><answer>{cut}"
+        assert parse_detections(text) is None, cut
+
+
+def test_truncated_answer_earns_nothing_from_the_detection_rewards():
+    cut = json.dumps(THREE)[:-20]  # inside the third object
+    sol = [json.dumps(THREE)]
+    for name in ("map", "od_ap", "od_ap50", "weighted_sum"):
+        assert get_reward(name)([cut], sol, image_size=[(100, 100)], input_size=[(100, 100)]) == [0.0], name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Found these: [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}] in the image.',  # prose around
+        'Objects (see [note]): [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]',  # a closed bracket before
+        '{"bbox_2d": [0, 0, 10, 10], "label": "cat"} is the answer',  # one object, prose after
+    ],
+)
+def test_prose_around_a_complete_answer_still_parses(text):
+    assert parse_detections(text) == [D([0, 0, 10, 10], "cat")]

@@ -73,3 +73,14 @@ def test_duplicate_box_rate_counts_each_repeat_once():
 def test_repetition_constants_and_registration():
     assert (DUPLICATE_IOU, NGRAM) == (0.9, 3)
     assert "repetition" in available_rewards()
+
+
+def test_a_looping_answer_cut_off_by_the_length_limit_is_penalised():
+    # The same box listed over and over until the length limit cut the list inside its 8th object.
+    # Read as a fragment (its first complete object, the parser's old fallback) it looked like one
+    # box: no duplicates, penalty 0. Unparseable now, it is scored as text: 7 objects of 7 words
+    # plus 3 words of the cut one = 52 words, 50 word 3-grams; distinct are the first (it holds
+    # the leading "["), the 7 of one period and the last (it ends in "2", not "2,"): 9 of 50.
+    item = '{"bbox_2d": [1, 2, 3, 4], "label": "cat"}'
+    text = "[" + ", ".join([item] * 7) + ', {"bbox_2d": [1, 2'
+    assert get_reward("repetition")([text]) == [pytest.approx(-(1 - 9 / 50))]

@@ -87,17 +87,37 @@ def _item(obj) -> Detection | None:
     return Detection([float(v) for v in box], normalize_label(label))
 
 
+def _unclosed(text: str, start: int) -> bool:
+    """Whether the bracket opened at ``start`` is still open at the end of ``text`` (strings skipped)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text[start:]:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                return False
+    return True
+
+
 def _load_json(text: str):
     try:
         return json.loads(text)
     except ValueError:
         pass
     # Tolerate prose around the JSON ("Found: [...]"): decode from each '[' or '{' until one parses.
+    # A bracket that never closes means the answer was cut off (the length limit) inside it: any
+    # object decoded further on is a fragment of that answer, not the answer, so nothing parses.
     for m in re.finditer(r"[\[{]", text):
         try:
             return _DECODER.raw_decode(text, m.start())[0]
         except ValueError:
-            continue
+            if _unclosed(text, m.start()):
+                return None
     return None
 
 
