@@ -225,3 +225,18 @@ def test_every_shipped_recipe_loads_and_validates(recipe):
         from vlmr1.sft import check_sft_config
 
         check_sft_config(cfg)
+
+
+def test_reward_methods_pair_with_the_files_and_name_known_methods():
+    files = ["data.train_files=a.jsonl:b.jsonl"]
+    assert load_config(None, [*files, "data.reward_methods=rec:default"]).data.reward_methods == "rec:default"
+    with pytest.raises(ConfigError, match=r"data.reward_methods has 1 entries for 2 data.train_files \(paired by position"):
+        load_config(None, [*files, "data.reward_methods=rec"])
+    with pytest.raises(ConfigError, match=r"data.reward_methods: unknown accuracy method 'recc'"):
+        load_config(None, [*files, "data.reward_methods=recc:default"])
+    with pytest.raises(ConfigError, match=r"data.eval_reward_methods has 2 entries for 1 data.eval_files"):
+        load_config(None, ["data.eval_files=e.jsonl", "data.eval_reward_methods=rec:rec"])
+    with pytest.raises(ConfigError, match=r"data.eval_reward_methods is set but data.eval_files is not"):
+        load_config(None, ["data.eval_reward_methods=rec"])
+    with pytest.raises(ConfigError, match=r"data.reward_methods: the embedded data names its own methods"):
+        load_config(None, ["data.reward_methods=rec"])

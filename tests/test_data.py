@@ -198,3 +198,52 @@ def test_question_templates():
     assert format_question("default", 'output {"bbox": [x]}').startswith('output {"bbox": [x]} First')
     with pytest.raises(KeyError, match="rec_think"):
         question_template("nope")
+
+
+# --------------------------------------------------------------- reward methods per file (VLM-R1's --reward_method)
+
+REC_NO_FIELD = _row(accu_reward_method=DROP)
+
+
+def test_rows_without_a_method_take_their_files_method(tmp_path, folder):
+    # VLM-R1 pairs --reward_method a:b with --data_file_paths by position and gives each row of a
+    # file without accu_reward_method that file's method; a row's own field still wins.
+    rec = _write(tmp_path / "rec.jsonl", [REC_NO_FIELD, _row(id="own", accu_reward_method="mcq")])
+    math = _write(tmp_path / "math.jsonl", [_row(id="m", image=DROP, conversations=[_human("1+1?"), _gpt("2")], accu_reward_method=DROP)])
+    samples = load_samples(f"{rec}:{math}", f"{folder}:{folder}", reward_methods="rec:default").samples
+    assert [(s.id, s.reward_method) for s in samples] == [("s1", "rec"), ("own", "mcq"), ("m", "default")]
+    lists = load_samples([str(rec), str(math)], [str(folder)] * 2, reward_methods=["iou", None]).samples
+    assert [s.reward_method for s in lists] == ["iou", "mcq", None]  # None: the row keeps no method
+
+
+def test_without_reward_methods_rows_keep_what_they_say(tmp_path, folder):
+    rec = _write(tmp_path / "rec.jsonl", [REC_NO_FIELD, GOOD])
+    assert [s.reward_method for s in load_samples(str(rec), str(folder)).samples] == [None, "rec"]
+
+
+def test_reward_method_count_must_match_the_files(tmp_path, folder):
+    rec = _write(tmp_path / "rec.jsonl", [GOOD])
+    with pytest.raises(DataError, match=r"2 reward methods for 1 data files; they pair by position"):
+        load_samples(str(rec), str(folder), reward_methods="rec:default")
+
+
+@pytest.mark.parametrize("task, method", [("rec", "rec"), ("rec_think", "rec"), ("default", None), ("count", None)])
+def test_rec_tasks_score_rows_without_a_method_by_iou(tmp_path, folder, task, method):
+    # VLM-R1's REC files need no accu_reward_method: its REC script scores by IoU. So do the REC
+    # templates here; other tasks leave the row to "default" (math-verify), as VLM-R1 does.
+    from vlmr1.config import load_config
+    from vlmr1.data.batch import make_batch
+    from vlmr1.embedded import prepare_data
+    from vlmr1.rewards import get_reward
+
+    (folder / "img.png").unlink()
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(folder / "img.png")
+    rec = _write(tmp_path / "rec.jsonl", [REC_NO_FIELD])
+    cfg = load_config(None, [f"data.train_files={rec}", f"data.image_folders={folder}", f"data.task={task}"])
+    (sample,) = prepare_data(cfg, tmp_path / "run").train
+    assert sample.reward_method == method
+    if method == "rec":  # the accuracy reward then pays IoU: [1,2,3,4] vs itself
+        cols = make_batch([sample], task).columns
+        assert get_reward("accuracy")(["[1, 2, 3, 4]"], **cols) == [1.0]

@@ -214,6 +214,30 @@ def test_box_format_reward(completion, expected):
     assert get_reward("box_format")([completion]) == [expected]
 
 
+QWEN_REC = '<think>the red one</think><answer>```json\n[{"bbox_2d": [10, 20, 30, 40], "label": "cup"}]\n```</answer>'
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        (QWEN_REC, 1.0),  # Qwen2.5-VL's grounding answer, as VLM-R1's REC prompt asks for
+        ('<think>x</think> <answer>{"bbox": [10.5, 20, 30, 40]}</answer>', 1.0),  # floats: what iou reads
+        ("<think>x</think><answer></answer>", 0.0),  # empty answer: full reward under `format`
+        ("<think>x</think><answer>the red cup</answer>", 0.0),  # no box
+        ("<think>x</think><answer>[10, 20, 30, 40]</answer>", 0.0),  # a box but no object around it (VLM-R1: {..})
+        ('<think>x</think><answer>{"bbox_2d": [10, 20, 30]}</answer>', 0.0),  # three numbers
+        ('<answer>{"bbox_2d": [10, 20, 30, 40]}</answer>', 0.0),  # no think block
+        ('<think>x</think><answer>{"bbox_2d": [10, 20, 30, 40]}</answer><answer>{}</answer>', 0.0),  # two answers
+        ('preamble <think>x</think><answer>{"bbox_2d": [1, 2, 3, 4]}</answer>', 0.0),  # text before <think>
+    ],
+)
+def test_rec_format_reward(completion, expected):
+    # VLM-R1's format_reward_rec: <think>..</think> then an <answer> holding {..[x1,y1,x2,y2]..}.
+    assert get_reward("rec_format")([completion]) == [expected]
+    if expected:
+        assert get_reward("format")([completion]) == [1.0]  # rec_format only ever narrows `format`
+
+
 def test_compute_rewards_none_and_weights():
     out = compute_rewards(
         {"a": _const([1.0, 0.0, 0.5]), "b": _const([None, 1, 2])},

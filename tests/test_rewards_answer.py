@@ -256,11 +256,11 @@ def test_accuracy_without_method_column_is_default():
 @pytest.mark.parametrize(
     "methods, match",
     [
-        (["default", "nonsense"], r"sample 1: unknown reward_method 'nonsense'"),
+        (["default", "nonsense"], r"sample 1: unknown accuracy method 'nonsense'"),
         (["accuracy", "default"], r"sample 0: .*'accuracy' call itself"),
         (["default", "length"], r"sample 1: .*call itself"),
         (["default", 3], r"sample 1: reward_method 3 is not a string"),
-        (["x.py:f", "default"], r"sample 0: unknown reward_method 'x.py:f'"),  # no code from dataset rows
+        (["x.py:f", "default"], r"sample 0: unknown accuracy method 'x.py:f'"),  # no code from dataset rows
         (["default"], r"1 rows for 2 completions"),
     ],
 )

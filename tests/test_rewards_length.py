@@ -120,3 +120,16 @@ def test_length_reward_none_where_accuracy_is_none(monkeypatch):
     monkeypatch.setitem(accuracy.METHOD_ALIASES, "na_method", "na")
     out = get_reward("length")(["<answer>3</answer>"] * 2, solution=["3", "3"], reward_method=["na_method", None])
     assert out[0] is None and out[1] == pytest.approx(0.5 + 0.25 * (1 + math.cos(math.pi * 18 / 4096)), abs=1e-12)
+
+
+def test_length_takes_correctness_from_the_detection_score_of_detection_rows():
+    # VLM-R1's cosine reward calls its accuracy dispatcher, so a detection row (method "map",
+    # from the row or from data.reward_methods for its file) is correct when its detection score
+    # is >= 0.5. 10 of 100 tokens: t = 0.1, 1 + cos(0.1 pi) = 1.951057.
+    import json
+
+    sol = json.dumps([{"bbox_2d": [0, 0, 10, 10], "label": "cat"}])
+    cols = dict(solution=[sol, sol], reward_method=["map", "map"], completion_length=[10, 10], max_completion_length=[100, 100])
+    right, wrong = sol, json.dumps([{"bbox_2d": [50, 50, 60, 60], "label": "cat"}])  # map 1.0 and 0.0
+    got = get_reward("length")([right, wrong], **cols)
+    assert got == [pytest.approx(0.5 + 0.25 * 1.951057, abs=1e-6), pytest.approx(-0.25 * 1.951057, abs=1e-6)]

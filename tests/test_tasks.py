@@ -73,3 +73,16 @@ def test_vlmr1_eval_per_task(task, tiny_dir, tmp_path, capsys):
         assert f" {metric} " in printed
     rows = [json.loads(line) for line in (tmp_path / "ood.predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and {r["kind"] for r in rows} == {"rec" if task == "rec" else {"det": "detection", "count": "answer", "gui": "gui"}[task]}
+
+
+@pytest.mark.parametrize("extra, kind", [([], "rec"), (["--reward-methods", "default"], "answer")])
+def test_vlmr1_eval_reads_rec_files_without_a_method(tiny_dir, tmp_path, capsys, extra, kind):
+    # A VLM-R1 REC file need not name accu_reward_method: under the rec task its rows are REC
+    # (IoU, Acc@0.5), unless --reward-methods says otherwise for the file.
+    main(["data", "rec", "--out", str(tmp_path), "--n", "3", "--split", "in"])
+    data = tmp_path / "in.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "accu_reward_method"}) + "\n" for r in rows))
+    main(["eval", "--model", str(tiny_dir), "--data", str(data), "--max-new-tokens", "12", *extra])
+    preds = [json.loads(line) for line in (tmp_path / "in.predictions.jsonl").read_text().splitlines()]
+    assert {p["kind"] for p in preds} == {kind}

@@ -42,7 +42,7 @@ def cmd_sft(args: list[str]) -> None:
 
 def cmd_eval(argv: list[str]) -> None:
     from .data.jsonl import load_samples
-    from .embedded import resolve_model_path
+    from .embedded import file_methods, resolve_model_path
     from .evaluate import evaluate, print_metrics
     from .models.loading import load_adapter
 
@@ -55,6 +55,12 @@ def cmd_eval(argv: list[str]) -> None:
     p.add_argument("--data", required=True, help="colon-separated VLM-R1 JSONL files, each scored as its own split")
     p.add_argument("--image-folders", default=None, help="colon-separated image folders paired with --data")
     p.add_argument("--task", default="rec", help="question template (see vlmr1.data.jsonl.QUESTION_TEMPLATES)")
+    p.add_argument(
+        "--reward-methods",
+        default=None,
+        help="colon-separated accuracy methods paired with --data, for rows without accu_reward_method "
+        "(default: rec for the rec/rec_think tasks, else default)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples of each file")
@@ -66,8 +72,11 @@ def cmd_eval(argv: list[str]) -> None:
     folders = a.image_folders.split(":") if a.image_folders else [None] * len(files)
     if len(folders) != len(files):
         raise SystemExit(f"--image-folders has {len(folders)} entries for {len(files)} --data files")
-    for file, folder in zip(files, folders):
-        samples = load_samples(file, folder).samples[: a.limit]
+    methods = file_methods(a.reward_methods, a.data, a.task)
+    if len(methods) != len(files):
+        raise SystemExit(f"--reward-methods has {len(methods)} entries for {len(files)} --data files")
+    for file, folder, method in zip(files, folders, methods):
+        samples = load_samples(file, folder, reward_methods=[method]).samples[: a.limit]
         name = Path(file).stem
         out = Path(a.out) / f"{name}.predictions.jsonl" if a.out else Path(file).with_suffix(".predictions.jsonl")
         metrics = evaluate(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import EMBEDDED, Config
-from .data.jsonl import Sample, load_samples
+from .data.jsonl import TASK_METHODS, Sample, load_samples
 from .data.synthetic import GENERATORS
 
 BASE_CHECKPOINT = Path(__file__).parent / "assets" / "base"
@@ -35,8 +35,15 @@ def resolve_model_path(path: str, out: Path | None = None) -> Path:
     return Path(path)
 
 
-def _load(files: str, folders: str | None, on_error: str) -> list[Sample]:
-    samples, skipped = load_samples(files, folders, on_error=on_error)
+def file_methods(methods: str | None, files: str, task: str) -> list[str | None]:
+    """Per file, the accuracy method of its rows without one: ``methods`` (data.reward_methods,
+    paired by position) or else the task's (REC: rec), else None (the "default" method)."""
+    n = len(files.split(":"))
+    return methods.split(":") if methods is not None else [TASK_METHODS.get(task)] * n
+
+
+def _load(files: str, folders: str | None, on_error: str, methods: list[str | None] | None = None) -> list[Sample]:
+    samples, skipped = load_samples(files, folders, on_error=on_error, reward_methods=methods)
     if skipped:
         print(f"warning: skipped {len(skipped)} bad rows in {files} (first: {skipped[0]})")
     return samples
@@ -68,15 +75,16 @@ def prepare_data(cfg: Config, out: Path, write: bool = True) -> Data:
         train = _synthetic(cfg, root, d.num_train, "in", cfg.train.seed, "train", True, write)
         train_samples = _load(str(train), None, d.on_error)
     else:
-        train_samples = _load(d.train_files, d.image_folders, d.on_error)
+        train_samples = _load(d.train_files, d.image_folders, d.on_error, file_methods(d.reward_methods, d.train_files, d.task))
     evals: dict[str, list[Sample]] = {}
     if d.eval_files is not None:
         files = d.eval_files.split(":")
         folders = d.eval_image_folders.split(":") if d.eval_image_folders else [None] * len(files)
         if len(folders) != len(files):
             raise ValueError(f"data.eval_image_folders has {len(folders)} entries for {len(files)} data.eval_files")
-        for f, folder in zip(files, folders):
-            evals[Path(f).stem] = _load(f, folder, d.on_error)
+        methods = file_methods(d.eval_reward_methods, d.eval_files, d.task)
+        for f, folder, method in zip(files, folders, methods):
+            evals[Path(f).stem] = _load(f, folder, d.on_error, [method])
     elif d.train_files == EMBEDDED and d.num_eval > 0:
         for split, seed in EVAL_SEEDS.items():
             path = _synthetic(cfg, root, d.num_eval, split, seed, f"eval_{split}", False, write)

@@ -72,8 +72,10 @@ def _turn(turns: list[dict], role: str, where: str) -> str:
     return values[0]
 
 
-def parse_row(line: str, where: str, image_folder: str, check_images: bool = True) -> Sample:
-    """Parse one JSONL line into a Sample; raise DataError naming `where` ("file:line") and the field."""
+def parse_row(line: str, where: str, image_folder: str, check_images: bool = True, default_method: str | None = None) -> Sample:
+    """Parse one JSONL line into a Sample; raise DataError naming `where` ("file:line") and the field.
+
+    ``default_method`` is the reward method of a row without ``accu_reward_method`` (its file's)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -112,7 +114,7 @@ def parse_row(line: str, where: str, image_folder: str, check_images: bool = Tru
         raise DataError(f"{where}: field 'id': expected a string or integer, got {sid!r}")
     extra = {k: v for k, v in row.items() if k not in _KNOWN_KEYS}
     problem = human.strip()
-    return Sample(str(sid), images, problem, solution, method, extra, where)
+    return Sample(str(sid), images, problem, solution, method if method is not None else default_method, extra, where)
 
 
 def load_samples(
@@ -120,12 +122,17 @@ def load_samples(
     image_folders: str | list[str] | None = None,
     on_error: OnError = "raise",
     check_images: bool = True,
+    reward_methods: str | list[str | None] | None = None,
 ) -> LoadResult:
     """Load and validate VLM-R1 JSONL files; returns ``LoadResult(samples, skipped)``.
 
     `data_files` / `image_folders`: colon-separated strings or lists, paired by
     position (equal counts); ``image_folders=None`` resolves images against each
     JSONL file's directory. Blank lines are ignored.
+
+    ``reward_methods`` (VLM-R1's ``--reward_method``): one accuracy method per file, paired by
+    position, given to the rows of that file that carry no ``accu_reward_method`` (None in a list:
+    that file's rows keep none).
 
     ``on_error="raise"`` raises the first row's DataError; ``"skip"`` drops bad rows,
     logs each with ``logging.warning`` and lists the messages in ``skipped``.
@@ -144,9 +151,18 @@ def load_samples(
                 f"{len(files)} data files but {len(folders)} image folders; they pair by position, "
                 "so give one folder per file (or none to resolve images next to each file)"
             )
+    if reward_methods is None:
+        methods: list[str | None] = [None] * len(files)
+    else:
+        methods = _split(reward_methods) if isinstance(reward_methods, str) else list(reward_methods)
+        if len(methods) != len(files):
+            raise DataError(
+                f"{len(methods)} reward methods for {len(files)} data files; they pair by position, "
+                "so give one method per file"
+            )
     samples: list[Sample] = []
     skipped: list[str] = []
-    for path, folder in zip(files, folders):
+    for path, folder, method in zip(files, folders, methods):
         if not os.path.isfile(path):
             raise DataError(f"{path}: data file not found")
         n_rows = 0
@@ -156,7 +172,7 @@ def load_samples(
                     continue
                 n_rows += 1
                 try:
-                    samples.append(parse_row(line, f"{path}:{lineno}", folder, check_images))
+                    samples.append(parse_row(line, f"{path}:{lineno}", folder, check_images, method))
                 except DataError as e:
                     if on_error == "raise":
                         raise
@@ -181,6 +197,12 @@ QUESTION_TEMPLATES: dict[str, str] = {
     # VLM-R1's fallback template (grpo_jsonl.py, task types other than rec / ic / odLength).
     "default": "{Question} " + _THINK,
 }
+
+
+TASK_METHODS: dict[str, str] = {"rec": "rec", "rec_think": "rec"}
+"""Question template -> the accuracy method of rows that name none (and whose file has no
+``data.reward_methods`` entry): REC rows are scored by IoU, as VLM-R1's REC script does. Other
+tasks leave such rows to ``default`` (math-verify), VLM-R1's fallback."""
 
 
 def question_template(task: str) -> str:

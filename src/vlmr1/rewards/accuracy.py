@@ -34,28 +34,33 @@ METHOD_ALIASES = {"rec": "iou"}
 _SELF_REFERENTIAL = ("accuracy", "length")  # both call this dispatcher
 
 
+def method_reward(method: str) -> str:
+    """The registered reward that scores accuracy method ``method``; ValueError for an unknown one."""
+    name = METHOD_ALIASES.get(method, method)
+    if name in _SELF_REFERENTIAL:
+        raise ValueError(f"accuracy method {method!r} would make 'accuracy' call itself")
+    registered = set(available_rewards())
+    if name not in registered:
+        raise ValueError(f"unknown accuracy method {method!r}; registered rewards: {sorted(registered)}, aliases: {METHOD_ALIASES}")
+    return name
+
+
 def resolve_methods(reward_method: list | None, n: int) -> list[str]:
     """Registered reward name per sample; ValueError for an unknown or invalid method."""
     if reward_method is None:  # no column at all: every sample is "default"
         reward_method = [None] * n
     if len(reward_method) != n:
         raise ValueError(f"reward_method has {len(reward_method)} rows for {n} completions")
-    registered = set(available_rewards())
     names = []
     for i, method in enumerate(reward_method):
         if method is None:
             method = DEFAULT_METHOD
         if not isinstance(method, str):
             raise ValueError(f"sample {i}: reward_method {method!r} is not a string")
-        name = METHOD_ALIASES.get(method, method)
-        if name in _SELF_REFERENTIAL:
-            raise ValueError(f"sample {i}: reward_method {method!r} would make 'accuracy' call itself")
-        if name not in registered:
-            raise ValueError(
-                f"sample {i}: unknown reward_method {method!r}; registered rewards: {sorted(registered)}, "
-                f"aliases: {METHOD_ALIASES}"
-            )
-        names.append(name)
+        try:
+            names.append(method_reward(method))
+        except ValueError as e:
+            raise ValueError(f"sample {i}: {e}") from None
     return names
 
 

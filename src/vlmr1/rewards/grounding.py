@@ -12,6 +12,13 @@ Conventions, fixed here once for the whole project:
   and they differ, the prediction is scaled input -> original before scoring.
 - Predictions are not clipped to the image: a box reaching outside only grows the union, so
   clipping would only hide a model error.
+
+Departures from VLM-R1's REC reading (also listed in docs/tasks.md), and why:
+- the LAST complete ``<answer>`` is read, VLM-R1 reads the first: a model that drafts and then
+  corrects itself means the final one; without any ``<answer>`` the whole text is read where
+  VLM-R1 scores 0, since tags are the format reward's business and accuracy measures the answer;
+- coordinates may be floats, negative, with free spacing; VLM-R1's pattern takes non-negative
+  integers only, so a right box written with decimals scored 0.
 """
 
 from __future__ import annotations
@@ -31,13 +38,14 @@ to 2x the true area (a box containing the target has IoU = true/pred); a policy 
 learns to inflate boxes towards that bound, so the tight reward stops paying the hedge early."""
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
-_BOX4 = rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
-_BOX_RE = re.compile(_BOX4)
+# A box as every reward reads it: four numbers (ints, floats, signs, free spacing) in brackets.
+BOX_PATTERN = rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
+_BOX_RE = re.compile(BOX_PATTERN)
 # Qwen2-VL's native grounding output: <|box_start|>(x1,y1),(x2,y2)<|box_end|> (0-1000 frame).
 _POINT_PAIR_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 # Qwen2.5-VL's native grounding output: [{"bbox_2d": [x1, y1, x2, y2], "label": "..."}].
 # Looked for first so that another 4-number list earlier in the JSON does not win.
-_BBOX_2D_RE = re.compile(r"[\"']bbox_2d[\"']\s*:\s*" + _BOX4)
+_BBOX_2D_RE = re.compile(r"[\"']bbox_2d[\"']\s*:\s*" + BOX_PATTERN)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 Box = list[float]

@@ -2,7 +2,9 @@
 Reasoning in LLMs"), as VLM-R1 uses it.
 
 Correctness comes from the ``accuracy`` dispatcher (a sample is correct when its accuracy is
->= ``CORRECT_THRESHOLD``). With ``t = min(length / max_length, 1)``::
+>= ``CORRECT_THRESHOLD``), so it follows each row's accuracy method, as VLM-R1's cosine reward
+does: for detection data, correctness from the detection score needs the rows' method to be a
+detection one (``map``, ``od_ap``, ...), in the rows or per file with ``data.reward_methods``. With ``t = min(length / max_length, 1)``::
 
     r = at_max + 0.5 * (at_0 - at_max) * (1 + cos(pi * t))
 
