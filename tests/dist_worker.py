@@ -15,9 +15,8 @@ import sys
 import torch
 
 from vlmr1.config import load_config
-from vlmr1.rl.algos import completion_mask
 from vlmr1.rl.engines import HFEngine
-from vlmr1.rl.rollout import Rollout
+from vlmr1.rl.rollout import finish_rollout
 from vlmr1.rl.trainer import train
 
 WORDS = " red green blue circle square left right"
@@ -35,8 +34,7 @@ def fixed_generate(group_size: int):
             rows.append([words[(key * 7 + j * 3 + k) % len(words)] for k in range(length)] + [eos])
         width = sampling.max_new_tokens
         ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=prompts.input_ids.device)
-        mask = completion_mask(ids, adapter.eos_token_ids)
-        return Rollout(prompts, ids, mask, adapter.tokenizer.batch_decode(ids, skip_special_tokens=True), sampling)
+        return finish_rollout(adapter, prompts, ids, sampling)  # masks after the EOS and decodes, as every sampler
 
     return generate
 

@@ -55,6 +55,7 @@ class Rollout:
     prompts: PromptBatch  # P = N / group_size rows
     completion_ids: torch.Tensor  # [N, Lc] right-padded
     completion_mask: torch.Tensor  # [N, Lc] 1 up to and including the first EOS
+    truncated: torch.Tensor  # [N] bool: no EOS sampled, the completion was cut at max_new_tokens
     texts: list[str]  # [N] decoded completions
     sampling: Sampling  # what the completions were drawn with
     group_size: int = 1  # G
@@ -113,10 +114,11 @@ def finish_rollout(adapter, prompts: PromptBatch, completion_ids: torch.Tensor, 
     if completion_ids.shape[1] == 0:  # generate always emits >= 1 token
         raise RuntimeError("generate returned no new tokens")
     mask = completion_mask(completion_ids, adapter.eos_token_ids)
+    truncated = ~torch.isin(completion_ids, torch.tensor(adapter.eos_token_ids, device=completion_ids.device)).any(1)
     # Everything after the first EOS becomes padding, so later forwards see clean rows.
     completion_ids = completion_ids.masked_fill(mask == 0, adapter.pad_token_id)
     texts = adapter.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompts, completion_ids, mask, texts, sampling, group_size)
+    return Rollout(prompts, completion_ids, mask, truncated, texts, sampling, group_size)
 
 
 def _logits_processors(s: Sampling, suppress: list[int]) -> LogitsProcessorList:

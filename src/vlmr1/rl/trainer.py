@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ..checkpoints import load_trainer_state, resolve_resume, save_checkpoint
@@ -33,6 +34,7 @@ from ..run import explain_oom, finish_run, make_run_dir, seed_everything, start_
 from . import algos
 from .engines import HFEngine, RolloutEngine
 from .rollout import Rollout, Sampling
+from .rollout_log import RolloutLog, is_logged_step, pick_groups, rollout_rows
 from .update import StepBatch, UpdateStats, frozen_logprobs, policy_update
 from .vllm_engine import vllm_engine
 
@@ -91,6 +93,8 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
         if t.shared_prompt and not shared_prompt:
             print("train.shared_prompt: off, because model.gradient_checkpointing drops the prompt's KV cache")
     logger, summary = start_log(cfg, out, main, start, unwrapped, adapter, data)
+    rollout_log = RolloutLog(out, main and t.log_completions > 0, logger.tb)
+    rollout_log.truncate_after(start)
     sampling = Sampling.from_config(r)
     order = DataOrder(len(data.train), t.seed, t.prompts_per_step, accelerator.num_processes, rank)
     timers, tokens = Timers(), 0.0  # completion tokens sampled on this rank since the last metrics line
@@ -122,12 +126,13 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             with timers("ref"), unwrapped.disable_adapter() if lora else nullcontext():
                 ref_logp = frozen_logprobs(ref_model, adapter, rollout, shared_prompt, t.micro_batch_size) if ref_model is not None else None
             # 5. mu optimizer updates over the rollout.
+            log_rollouts = is_logged_step(step + 1, t.log_completions)
             with timers("update"):
                 try:
                     stats = policy_update(
                         model, adapter, accelerator, StepBatch(rollout, advantages, rows, old_logp, ref_logp), a,
                         micro_batch_size=t.micro_batch_size, shared=shared_prompt,
-                        step_optimizer=functools.partial(step_optimizer, step=step + 1),
+                        step_optimizer=functools.partial(step_optimizer, step=step + 1), row_stats=log_rollouts,
                     )
                 except NonFiniteError:
                     if main:
@@ -136,7 +141,11 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             # 6. Sync: the rollout engine samples from the updated policy next step.
             with timers("sync"):
                 engine.sync_weights(unwrapped)
-            # 7. Metrics (every rank joins: they describe the global batch) and evaluation.
+            # 7. Rollout lines, metrics (every rank joins: they describe the global batch) and evaluation.
+            if log_rollouts:
+                groups = pick_groups(len(batch.samples), t.log_completions_groups, accelerator.num_processes, rank)
+                rows = rollout_rows(step + 1, batch, rollout, rewards, advantages, zero_std, groups, rank * len(batch.samples), stats.row_logp, stats.row_kl)
+                rollout_log.write(step + 1, gather_object(rows))
             tokens += rollout.completion_mask.sum().item()
             log = (step + 1) % t.log_every == 0
             row = step_metrics(accelerator, rewards, rollout, zero_std, stats, a.num_iterations) if log else {}
@@ -196,6 +205,7 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
     totals = accelerator.gather(rewards.total.to(dev))  # [N * world]
     per_func = accelerator.gather(rewards.per_func.to(dev))  # [N * world, n_rewards]
     lengths = accelerator.gather(rollout.completion_mask.sum(1).float().to(dev))  # [N * world]
+    truncated = accelerator.gather(rollout.truncated.float().to(dev))  # [N * world]
     local = {k: sum(v) / len(v) for k, v in (("kl", stats.kl), ("clip_fraction", stats.clip_fraction), ("ratio", stats.ratio), ("grad_norm", stats.grad_norm)) if v}
     # Losses are summed over micro-batches (each weighted to its share of the global batch), averaged over passes.
     local["loss"] = sum(stats.loss) / max(1, mu)
@@ -208,6 +218,7 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
         # A reward given as path/file.py:function is logged under its function name.
         **{f"rewards/{k.rsplit(':', 1)[-1]}": v.item() for k, v in zip(rewards.names, per_func.nanmean(0))},
         "completion_length": lengths.mean().item(),
+        "truncated_fraction": truncated.mean().item(),  # completions cut at the length limit
         "zero_std_groups": accelerator.gather(zero_std.float().to(dev)).mean().item(),
         **dict(zip(names, means)),
     }

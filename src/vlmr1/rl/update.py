@@ -99,6 +99,8 @@ class UpdateStats:
     ratio: list[float] = field(default_factory=list)  # per micro-batch token mean of the importance ratio
     grad_norm: list[float] = field(default_factory=list)  # per optimizer step, before clipping
     passes: int = 0  # optimizer updates done (0 when every group of every rank was filtered out)
+    row_logp: dict[int, float] = field(default_factory=dict)  # row -> mean per-token log-prob (first pass; row_stats)
+    row_kl: dict[int, float] = field(default_factory=dict)  # row -> mean per-token KL estimate (first pass; row_stats, beta > 0)
 
 
 def policy_update(
@@ -111,9 +113,11 @@ def policy_update(
     micro_batch_size: int,
     shared: bool,
     step_optimizer: Callable[[bool], float],
+    row_stats: bool = False,
 ) -> UpdateStats:
     """``a.num_iterations`` (mu) optimizer updates on the rollout, micro-batched with gradient
     accumulation; ``step_optimizer(loss_finite)`` clips, steps and returns the gradient norm.
+    ``row_stats`` also keeps each updated row's mean log-prob and KL (for rollouts.jsonl).
 
     Every aggregation is a mean over the GLOBAL batch (all ranks, all micro-batches), whatever
     the split. Let W be the world size, R the kept rows and T their valid tokens summed over all
@@ -140,7 +144,7 @@ def policy_update(
         return stats
     world = accelerator.num_processes
     update_rows, share = (rows, 1.0) if rows else ([0], 0.0)
-    for _ in range(a.num_iterations):
+    for p in range(a.num_iterations):
         chunks = micro_batches(update_rows, micro_batch_size)
         finite = True
         for k, chunk in enumerate(chunks):
@@ -171,6 +175,11 @@ def policy_update(
             stats.ratio.append(res.ratio_mean.item())
             if res.kl is not None:
                 stats.kl.append(res.kl.item())
+            if row_stats and p == 0 and share:
+                stats.row_logp.update(zip(chunk, algos.masked_mean(logp.detach(), sel.mask, dim=-1).tolist()))
+                if sel.ref_logp is not None:
+                    kl = algos.kl_penalty(logp.detach(), sel.ref_logp, a.kl_estimator)  # [n, Lc]
+                    stats.row_kl.update(zip(chunk, algos.masked_mean(kl, sel.mask, dim=-1).tolist()))
         stats.grad_norm.append(step_optimizer(finite))
         stats.passes += 1
     return stats

@@ -1,0 +1,202 @@
+"""The configuration's fields: nested dataclasses, each field with its default and a one-line doc.
+
+Loading (YAML, dotted overrides) and validation live in ``config.py``, which re-exports these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .data.jsonl import OnError
+from .data.synthetic import SyntheticTask
+from .rl.algos import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
+
+EMBEDDED = "embedded"  # the shipped tiny base checkpoint / the generated synthetic REC task
+
+# Settings that take one of a few names are Literal types; ``validate`` checks every such field.
+DType = Literal["float32", "bfloat16", "float16"]
+Engine = Literal["hf", "vllm"]
+LRSchedule = Literal["constant", "cosine", "linear"]
+
+
+@dataclass
+class ModelConfig:
+    path: str = EMBEDDED
+    """HF checkpoint directory, or "embedded" for the tiny Qwen2.5-VL base that ships with vlmr1."""
+    dtype: DType = "float32"
+    """Parameter dtype: float32 | bfloat16 | float16."""
+    min_pixels: int | None = None
+    """Qwen image processor: smallest image area after resize (None keeps the checkpoint's)."""
+    max_pixels: int | None = None
+    """Qwen image processor: largest image area after resize (None keeps the checkpoint's)."""
+    max_patches: int | None = None
+    """InternVL image processor: most tiles per image (None keeps the checkpoint's); Qwen models reject it."""
+    freeze_vision: bool = False
+    """Keep the vision encoder's parameters fixed (the projector is model.freeze_projector)."""
+    freeze_projector: bool = False
+    """Keep the vision-to-language projector (Qwen's merger) fixed."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    lora_rank: int = 0
+    """LoRA rank r (0: full fine-tuning). The reference model is then the base with adapters off."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (updates are scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names (peft matching: exact or name suffix) that get LoRA adapters, used as given."""
+    lora_vision: bool = False
+    """Also put LoRA on matching modules of the vision tower and projector (excluded by default)."""
+
+
+@dataclass
+class DataConfig:
+    train_files: str = EMBEDDED
+    """Colon-separated VLM-R1 JSONL files, or "embedded" to generate the synthetic REC task."""
+    image_folders: str | None = None
+    """Colon-separated image folders paired with train_files by position (None: relative to each file)."""
+    eval_files: str | None = None
+    """Colon-separated held-out JSONL files, evaluated before and after training (each its own split)."""
+    eval_image_folders: str | None = None
+    """Image folders for eval_files, paired by position."""
+    reward_methods: str | None = None
+    """Colon-separated accuracy methods paired with train_files by position (VLM-R1's --reward_method),
+    for rows without accu_reward_method (None: REC tasks use rec, others default)."""
+    eval_reward_methods: str | None = None
+    """The same for eval_files."""
+    task: str = "rec"
+    """Question template applied to each prompt (see vlmr1.data.jsonl.QUESTION_TEMPLATES)."""
+    synthetic: SyntheticTask = "rec"
+    """Embedded data only: which generated task, rec | det | count | gui (see vlmr1 data --help)."""
+    on_error: OnError = "raise"
+    """Bad data rows: "raise" stops with file:line:field; "skip" skips each with a counted warning."""
+    num_train: int = 4000
+    """Embedded data only: number of generated training samples."""
+    num_eval: int = 1000
+    """Embedded data only: samples per held-out split (in-domain and out-of-domain)."""
+    min_objects: int = 2
+    """Embedded data only: fewest shapes per generated training image."""
+    max_objects: int = 4
+    """Embedded data only: most shapes per generated training image."""
+    min_size: int = 16
+    """Embedded data only: smallest shape side in pixels (training data; held-out sets keep 16..40)."""
+    max_size: int = 40
+    """Embedded data only: largest shape side in pixels (training data; held-out sets keep 16..40)."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: completions sampled per prompt."""
+    max_completion_length: int = 24
+    """Most new tokens per completion."""
+    temperature: float = 0.7
+    """Sampling temperature (also applied to the log-probs, so ratios refer to the sampling policy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    repetition_penalty: float = 1.0
+    """HF repetition penalty (1.0 = off)."""
+    engine: Engine = "hf"
+    """What samples rollouts: hf (HF generate on the policy) | vllm (vLLM colocated on the training
+    GPU, weights synced after each step; GPU only, pip install 'vlmr1[vllm]', see docs/vllm.md)."""
+
+
+@dataclass
+class AlgoConfig:
+    beta: float = 0.04
+    """KL coefficient; 0 loads no reference model."""
+    kl_estimator: KLEstimator = "k3"
+    """k1 | k2 | k3 (Schulman's estimators of KL(policy || reference))."""
+    eps_low: float = 0.2
+    """PPO clip below 1."""
+    eps_high: float = 0.2
+    """PPO clip above 1 (DAPO's clip-higher uses e.g. 0.28)."""
+    loss_aggregation: LossAggregation = "grpo"
+    """grpo (per-sequence mean) | bnpo (local token mean) | dr_grpo (constant divisor) | dapo (global token mean)."""
+    advantage_scale: AdvantageScale = "group"
+    """Divide advantages by the std of the group | batch | none (Dr. GRPO)."""
+    num_iterations: int = 1
+    """mu: optimizer passes over each rollout batch (>1 stores old log-probs)."""
+    importance_level: ImportanceLevel = "token"
+    """token (GRPO) | sequence (GSPO)."""
+    filter_zero_std: bool = False
+    """Drop groups whose rewards are all equal from the update (they carry no advantage)."""
+
+
+@dataclass
+class RewardConfig:
+    funcs: list[str] = field(default_factory=lambda: ["acc50_tight", "iou", "box_format"])
+    """Registered reward names or path/to/file.py:function."""
+    weights: list[float] | None = field(default_factory=lambda: [1.0, 0.5, 0.1])
+    """One weight per reward (None: all 1)."""
+    model_rewards: bool = True
+    """Use the variant of a reward that the model adapter offers for it (adapter.reward_overrides), if any."""
+    eval_format: str | None = "box_format"
+    """Registered reward also reported as format_rate by evaluation (e.g. "format" for <think>/<answer>; null: none)."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str | None = None
+    """Run folder (None: a fresh runs/<time> folder)."""
+    seed: int = 0
+    """Seeds data order, sampling and initialisation."""
+    steps: int = 220
+    """GRPO: rollout steps (each followed by algo.num_iterations optimizer updates); SFT: batches."""
+    prompts_per_step: int = 16
+    """Prompts per rollout per process (GRPO); samples per batch per process (SFT)."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward (gradient accumulation over the rest)."""
+    shared_prompt: bool = True
+    """GRPO rollouts and log-probs: encode each prompt once per group and let its G completions
+    attend to it (exact: same samples, same log-probs to fp32 rounding; false repeats the prompt
+    G times). Off under model.gradient_checkpointing, which drops the prompt's KV cache."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_schedule: LRSchedule = "constant"
+    """constant | cosine | linear (decay to 0 at the last step, after warm-up)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    log_every: int = 1
+    """Steps between metric lines."""
+    log_completions: int = 10
+    """GRPO: write rollouts.jsonl (completions, rewards, advantages) for the first step and every N-th (0: off)."""
+    log_completions_groups: int = 4
+    """GRPO: groups (prompts, with all G completions) in each logged step, over all ranks (0: every group)."""
+    save_every: int = 0
+    """Steps between checkpoints (0: only the final one)."""
+    keep_last: int = 0
+    """Keep only the newest N checkpoints (0: keep all); old ones go only after a new one is complete."""
+    max_nonfinite_steps: int = 3
+    """A NaN/inf loss or gradient skips that optimizer step; one more than this many in a row stops the run."""
+    eval_every: int = 0
+    """Steps between held-out evaluations logged to metrics (0: none during training)."""
+    eval_before: bool = True
+    """Evaluate the held-out splits before training."""
+    eval_after: bool = True
+    """Evaluate the held-out splits after training."""
+    eval_batch_size: int = 64
+    """Prompts per batch in evaluation."""
+    resume: str | None = None
+    """Checkpoint folder to resume from, or "auto" for the newest in output_dir."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
