@@ -100,6 +100,7 @@ def vlmr1_overrides(spec: dict) -> list[str]:
         "train.eval_before=false",
         "train.eval_after=false",
         "train.progress=false",
+        "train.log_completions=0",  # TRL runs with log_completions=False too
         f"train.shared_prompt={'true' if spec['trainer'] == 'vlmr1' else 'false'}",
         f"train.output_dir={spec['out_dir']}",
         f"model.path={spec['model_path']}",

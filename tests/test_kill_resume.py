@@ -126,6 +126,7 @@ def overrides(tiny_dir, reward_file, out, *extra):
         f"train.output_dir={out}",
         f"reward.funcs=[{reward_file}:length_reward]",
         "reward.weights=null",
+        "train.log_completions=1",  # rollouts.jsonl: every step
         *extra,
     ]
 
@@ -173,6 +174,13 @@ def train_steps(out: Path) -> list[int]:
     return [r["step"] for r in rows if "loss" in r]
 
 
+def rollout_steps(out: Path) -> list[int]:
+    """Steps of rollouts.jsonl, once per step (every line must parse); 8 lines (2 groups x 4) each."""
+    steps = [json.loads(line)["step"] for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert all(steps.count(s) == 8 for s in steps)
+    return sorted(set(steps))
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
@@ -203,10 +211,19 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(reference,
     kill(proc)
     assert not (out / "final").exists() and train_steps(out) == [1, 2, 3]
     before = (out / "metrics.jsonl").read_text()
+    assert rollout_steps(out) == [1, 2, 3]
+    # What a kill between a step's rollout lines and its checkpoint, or in the middle of a write,
+    # would leave: lines of a step after the checkpoint, and a line cut short.
+    step3 = [line for line in (out / "rollouts.jsonl").read_text().splitlines(keepends=True) if line.startswith('{"step": 3,')]
+    with (out / "rollouts.jsonl").open("a") as f:
+        f.write("".join(line.replace('"step": 3,', '"step": 4,', 1) for line in step3) + '{"step": 4, "gro')
     ckpt1_written = (out / "checkpoint-1" / STATE_FILE).stat().st_mtime_ns
 
     finish(start_train(spawned, args, log), log)  # same command, no hold: resumes from checkpoint-3
     assert train_steps(out) == [1, 2, 3, 4, 5, 6]  # one row per step, none twice
+    assert rollout_steps(out) == [1, 2, 3, 4, 5, 6]  # one set of rollout lines per step, none cut short
+    # The same lines as the uninterrupted run's, but for the image paths, which name each run's folder.
+    assert (out / "rollouts.jsonl").read_text().replace(str(out), "RUN") == (reference / "rollouts.jsonl").read_text().replace(str(reference), "RUN")
     # Resumed, not started over: the killed run's rows (with their own stage timings) and
     # checkpoints are kept as they were, not rewritten.
     assert (out / "metrics.jsonl").read_text().startswith(before)

@@ -333,7 +333,25 @@ def test_truncated_answer_earns_nothing_from_the_detection_rewards():
         'Found these: [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}] in the image.',  # prose around
         'Objects (see [note]): [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]',  # a closed bracket before
         '{"bbox_2d": [0, 0, 10, 10], "label": "cat"} is the answer',  # one object, prose after
+        'I think [maybe: [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]',  # a stray bracket never closed
+        'smile :-[ here [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]',
+        'Use "[" then [{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]',  # a bracket in quotes
     ],
 )
 def test_prose_around_a_complete_answer_still_parses(text):
     assert parse_detections(text) == [D([0, 0, 10, 10], "cat")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}, {"bbox_2d": [1, 1, 5, 5], "label": "dog"},]',  # trailing comma
+        '[{"bbox_2d": [0, 0, 10, 10], "label": "cat"} {"bbox_2d": [1, 1, 5, 5], "label": "dog"}]',  # no comma
+        '[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}, {"bbox_2d": [1, 1, 5, 5], "label": tr',  # cut in a literal
+        '[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}, {"bbox_2d": [1, 1, 5, 5.',  # cut in a number
+    ],
+)
+def test_a_broken_list_is_not_read_as_its_first_object(text):
+    # A list that closes but is not JSON, or is cut inside a literal or a number, is one broken
+    # answer: the objects inside it are not answers of their own.
+    assert parse_detections(text) is None

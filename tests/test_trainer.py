@@ -272,7 +272,11 @@ def test_cli_rejects_bad_config_before_loading_anything(monkeypatch):
     assert "config error: rollout.group_size must be >= 2" in str(exc.value)
 
 
-@pytest.mark.parametrize("override", ["algo.beta=0.0", "reward.weights=[2.0, 0.5, 0.1]", "rollout.temperature=0.9", "rollout.group_size=4"])
+@pytest.mark.parametrize(
+    "override",
+    ["algo.beta=0.0", "reward.weights=[2.0, 0.5, 0.1]", "rollout.temperature=0.9", "rollout.group_size=4",
+     "train.log_completions=1", "train.log_completions_groups=0", "train.shared_prompt=false"],
+)
 def test_sft_rejects_settings_it_would_ignore(override, tmp_path):
     from vlmr1.config import ConfigError, load_config
     from vlmr1.sft import sft

@@ -2,8 +2,9 @@
 
 Reads what ``vlmr1 train`` and ``vlmr1 sft`` leave behind: ``config.yaml``, ``metrics.jsonl``,
 ``summary.json`` and ``eval/<tag>-<split>.jsonl`` (per-sample predictions, boxes in original-image
-pixels). Sections: run summary, training curves, evaluation curves, and a gallery of the best and
-worst evaluation samples of each split. No network and no JavaScript: the folder can be copied,
+pixels) and ``rollouts.jsonl``. Sections: run summary, training curves, evaluation curves, the
+training rollouts (``report_rollouts``), and a gallery of the best and worst evaluation samples
+of each split. No network and no JavaScript: the folder can be copied,
 mailed or opened from disk. Any missing part (no rewards in an SFT run, no eval files, no
 summary of a killed run) is stated on the page instead of failing.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 import yaml
 
 from .report_plots import PRED, TRUE, Series, plot_eval, plot_panels, render_sample, row_boxes
+from .report_rollouts import CSS as ROLLOUTS_CSS
+from .report_rollouts import rollouts_html
 from .rewards.detection import MATCH_IOU, Detection, greedy_matches
 from .rewards.grounding import answer_content
 from .eval_metrics import before_after_rows
@@ -332,12 +335,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
         no_metrics or _training_html(rows, out),
         "<h2>Evaluation curves</h2>",
         no_metrics or _evaluation_html(rows, out),
+        "<h2>Rollouts</h2>",
+        rollouts_html(run_dir, out, rows, resolve_image),
         "<h2>Gallery</h2>",
         _gallery_html(run_dir, out, gallery) if gallery else "<p class=note>Gallery off (--gallery 0).</p>",
     ]
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>vlmr1 report: {_e(run_dir.name)}</title><style>{CSS}</style></head><body>"
+        f"<title>vlmr1 report: {_e(run_dir.name)}</title><style>{CSS}{ROLLOUTS_CSS}</style></head><body>"
         + "\n".join(body)
         + "</body></html>\n"
     )

@@ -41,6 +41,9 @@ def check_sft_config(cfg: Config) -> None:
     for name, value in vars(cfg.reward).items():
         if name != "eval_format" and value != getattr(default.reward, name):  # eval_format: the eval's format rate
             raise ConfigError(f"reward.{name} has no effect in sft; remove it from the sft config")
+    for name in ("shared_prompt", "log_completions", "log_completions_groups"):  # GRPO rollouts only
+        if getattr(cfg.train, name) != getattr(default.train, name):
+            raise ConfigError(f"train.{name} has no effect in sft (no rollouts); remove it from the sft config")
     used = {"max_completion_length"}  # the eval's generation length
     for name, value in vars(cfg.rollout).items():
         if name not in used and value != getattr(default.rollout, name):

@@ -87,10 +87,21 @@ def _item(obj) -> Detection | None:
     return Detection([float(v) for v in box], normalize_label(label))
 
 
-def _unclosed(text: str, start: int) -> bool:
-    """Whether the bracket opened at ``start`` is still open at the end of ``text`` (strings skipped)."""
+_OPEN_RE = re.compile(r"[\[{]")
+_PARTIAL_SCALAR_RE = re.compile(r"-?\d*\.?\d*(?:[eE][-+]?\d*)?|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?|n(?:u(?:ll?)?)?")
+
+
+def _cut_off(text: str, error: json.JSONDecodeError) -> bool:
+    """Whether decoding failed only because the text ended: what came before is a valid start of JSON."""
+    rest = text[error.pos :].strip()
+    return error.msg.startswith("Unterminated string") or _PARTIAL_SCALAR_RE.fullmatch(rest) is not None
+
+
+def _closing(text: str, start: int) -> int | None:
+    """Index just past the bracket that closes the one at ``start`` (brackets in strings skipped), or None."""
     depth, in_string, escaped = 0, False, False
-    for ch in text[start:]:
+    for i in range(start, len(text)):
+        ch = text[i]
         if in_string:
             escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
         elif ch == '"':
@@ -100,24 +111,31 @@ def _unclosed(text: str, start: int) -> bool:
         elif ch in "]}":
             depth -= 1
             if depth == 0:
-                return False
-    return True
+                return i + 1
+    return None
 
 
 def _load_json(text: str):
+    """The answer's JSON value: the whole text, else the first ``[`` or ``{`` from which one decodes.
+
+    Prose around the JSON is tolerated ("Found: [...]"), but never a fragment of a broken answer:
+    a list cut off by the end of the text (the length limit), or one that closes but is not JSON,
+    is one broken answer, so the objects inside it are not tried as answers of their own.
+    """
     try:
         return json.loads(text)
     except ValueError:
         pass
-    # Tolerate prose around the JSON ("Found: [...]"): decode from each '[' or '{' until one parses.
-    # A bracket that never closes means the answer was cut off (the length limit) inside it: any
-    # object decoded further on is a fragment of that answer, not the answer, so nothing parses.
-    for m in re.finditer(r"[\[{]", text):
+    pos = 0
+    while (m := _OPEN_RE.search(text, pos)) is not None:
         try:
             return _DECODER.raw_decode(text, m.start())[0]
-        except ValueError:
-            if _unclosed(text, m.start()):
+        except json.JSONDecodeError as e:
+            if _cut_off(text, e):
                 return None
+            # A bracket that closes: skip what it holds. One that never closes is prose ("[maybe: ...").
+            end = _closing(text, m.start())
+            pos = end if end is not None else m.start() + 1
     return None
 
 

@@ -8,7 +8,7 @@ not applicable), ``reward`` (the weighted total), ``advantage``, ``zero_std`` (t
 reward spread, so no signal), and where the step computed them ``logp`` (the policy's mean
 per-token log-prob) and ``kl`` (the mean per-token KL estimate against the reference).
 
-Logged steps: the first and every ``train.log_completions_every``-th, ``train.log_completions_groups``
+Logged steps: the first and every ``train.log_completions``-th, ``train.log_completions_groups``
 groups of each (spread over the ranks, gathered to rank 0). A step's lines are one ``os.write`` on
 an append-only file, so a kill leaves whole steps (a partial last line, should one ever appear, is
 dropped on resume); on resume the lines after the checkpoint's step are cut, like metrics.jsonl.
@@ -20,12 +20,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the report reads FILE; it must not pay for torch, accelerate or transformers
+    import torch
 
-from ..data.batch import Batch
-from ..rewards import RewardOutput
-from .rollout import Rollout
+    from ..data.batch import Batch
+    from ..rewards import RewardOutput
+    from .rollout import Rollout
 
 FILE = "rollouts.jsonl"
 
@@ -43,6 +45,7 @@ def rollout_rows(
     step: int,
     batch: Batch,
     rollout: Rollout,
+    frames: list,
     rewards: RewardOutput,
     advantages: torch.Tensor,
     zero_std: torch.Tensor,
@@ -53,13 +56,13 @@ def rollout_rows(
 ) -> list[dict]:
     """The lines of this rank's prompts ``groups`` (indices into its P prompts), all G completions each.
 
-    ``first_group`` numbers this rank's prompts within the step (rank * P)."""
+    ``first_group`` numbers this rank's prompts within the step (rank * P); ``frames`` is each
+    prompt's box frame (``box_frames``: the model input's pixels, or 1000 x 1000), as the rewards had it."""
     G = rollout.group_size
     lengths = rollout.completion_mask.sum(1).tolist()
     truncated = rollout.truncated.tolist()
     names = [n.rsplit(":", 1)[-1] for n in rewards.names]  # path/file.py:function logs as its function
     per_func, total, adv = rewards.per_func.tolist(), rewards.total.tolist(), advantages.tolist()
-    frames = rollout.prompts.input_sizes
     rows = []
     for g in groups:
         s = batch.samples[g]
@@ -75,7 +78,7 @@ def rollout_rows(
                 "solution": s.solution,
                 "reward_method": s.reward_method,
                 "image_size": batch.columns["image_size"][g],
-                "input_size": frames[g][0] if frames[g] else None,
+                "input_size": frames[g],
                 "completion": rollout.texts[i],
                 "length": int(lengths[i]),
                 "truncated": bool(truncated[i]),
@@ -101,10 +104,26 @@ def pick_groups(n_prompts: int, wanted: int, world: int, rank: int) -> list[int]
 
 
 class RolloutLog:
-    """Appends logged steps to ``out/rollouts.jsonl`` (rank 0) and shows the last in TensorBoard's text tab."""
+    """Appends logged steps to ``out/rollouts.jsonl`` (rank 0) and shows them in TensorBoard's text tab.
 
-    def __init__(self, out: Path, enabled: bool, tensorboard=None):
-        self.path, self.enabled, self.tb = out / FILE, enabled, tensorboard
+    ``every`` and ``groups`` are train.log_completions and train.log_completions_groups."""
+
+    def __init__(self, out: Path, every: int, groups: int, main: bool, tensorboard=None):
+        self.path, self.every, self.groups, self.tb, self.main = out / FILE, every, groups, tensorboard, main
+        self.enabled = main and every > 0  # the file's writer; every rank takes part in the gather
+
+    def wants(self, step: int) -> bool:
+        return is_logged_step(step, self.every)
+
+    def log(self, accelerator, step: int, batch: Batch, rollout: Rollout, frames, rewards: RewardOutput, advantages, zero_std, stats) -> None:
+        """Every rank: its share of the step's groups, gathered to rank 0, which writes them.
+        ``frames``: per prompt, the frame its boxes are answered in (``box_frames``)."""
+        P, rank = len(batch.samples), accelerator.process_index
+        groups = pick_groups(P, self.groups, accelerator.num_processes, rank)
+        rows = rollout_rows(step, batch, rollout, frames, rewards, advantages, zero_std, groups, rank * P, stats.row_logp, stats.row_kl)
+        from accelerate.utils import gather_object
+
+        self.write(step, gather_object(rows))
 
     def write(self, step: int, rows: list[dict]) -> None:
         if not self.enabled or not rows:
@@ -119,8 +138,8 @@ class RolloutLog:
             self.tb.add_text("rollouts", markdown_table(rows), step)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, keep the whole lines of steps up to the checkpoint's."""
-        if not (self.enabled and self.path.exists()):
+        """On resume, keep the whole lines of steps up to the checkpoint's (also when logging is now off)."""
+        if not (self.main and self.path.exists()):
             return
         kept = []
         for line in self.path.read_text().splitlines():

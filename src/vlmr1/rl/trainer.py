@@ -14,7 +14,6 @@ from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ..checkpoints import load_trainer_state, resolve_resume, save_checkpoint
@@ -34,7 +33,7 @@ from ..run import explain_oom, finish_run, make_run_dir, seed_everything, start_
 from . import algos
 from .engines import HFEngine, RolloutEngine
 from .rollout import Rollout, Sampling
-from .rollout_log import RolloutLog, is_logged_step, pick_groups, rollout_rows
+from .rollout_log import RolloutLog
 from .update import StepBatch, UpdateStats, frozen_logprobs, policy_update
 from .vllm_engine import vllm_engine
 
@@ -93,7 +92,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
         if t.shared_prompt and not shared_prompt:
             print("train.shared_prompt: off, because model.gradient_checkpointing drops the prompt's KV cache")
     logger, summary = start_log(cfg, out, main, start, unwrapped, adapter, data)
-    rollout_log = RolloutLog(out, main and t.log_completions > 0, logger.tb)
+    rollout_log = RolloutLog(out, t.log_completions, t.log_completions_groups, main, logger.tb)
     rollout_log.truncate_after(start)
     sampling = Sampling.from_config(r)
     order = DataOrder(len(data.train), t.seed, t.prompts_per_step, accelerator.num_processes, rank)
@@ -126,7 +125,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             with timers("ref"), unwrapped.disable_adapter() if lora else nullcontext():
                 ref_logp = frozen_logprobs(ref_model, adapter, rollout, shared_prompt, t.micro_batch_size) if ref_model is not None else None
             # 5. mu optimizer updates over the rollout.
-            log_rollouts = is_logged_step(step + 1, t.log_completions)
+            log_rollouts = rollout_log.wants(step + 1)
             with timers("update"):
                 try:
                     stats = policy_update(
@@ -143,21 +142,23 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
                 engine.sync_weights(unwrapped)
             # 7. Rollout lines, metrics (every rank joins: they describe the global batch) and evaluation.
             if log_rollouts:
-                groups = pick_groups(len(batch.samples), t.log_completions_groups, accelerator.num_processes, rank)
-                rows = rollout_rows(step + 1, batch, rollout, rewards, advantages, zero_std, groups, rank * len(batch.samples), stats.row_logp, stats.row_kl)
-                rollout_log.write(step + 1, gather_object(rows))
+                with timers("rollouts"):
+                    frames = box_frames(adapter, rollout.prompts)
+                    rollout_log.log(accelerator, step + 1, batch, rollout, frames, rewards, advantages, zero_std, stats)
             tokens += rollout.completion_mask.sum().item()
             log = (step + 1) % t.log_every == 0
             row = step_metrics(accelerator, rewards, rollout, zero_std, stats, a.num_iterations) if log else {}
             if t.eval_every and (step + 1) % t.eval_every == 0 and main and data.evals:
                 with timers("eval"):
                     row.update(flat_metrics(run_evals(cfg, unwrapped, adapter, data, out, f"step{step + 1}")))
-        # 8. Log, then save: a checkpoint never holds a step whose line is missing. So time/save is
-        # the write after the previous line, and time/step all of this step up to its line.
+        # 8. Log, then save: a checkpoint of the loop never holds a step whose line is missing (the
+        # non-finite stop's checkpoint has its error instead). So time/save is the write after the
+        # previous line, and time/step all of this step up to its line.
         if log:
             global_tokens = accelerator.reduce(torch.tensor(tokens, device=dev), "sum").item()
             times = timers.pop()
-            row.update(skipped_steps=guard.skipped, lr=scheduler.get_last_lr()[0], tokens_per_second=global_tokens / times["time/step"], **times)
+            seconds = times["time/step"] - times.get("time/eval", 0.0)  # training throughput: evaluation left out
+            row.update(skipped_steps=guard.skipped, lr=scheduler.get_last_lr()[0], tokens_per_second=global_tokens / seconds, **times)
             tokens = 0.0
             bar.set_postfix(reward=f"{row['reward']:.3f}")
         if row:

@@ -98,7 +98,6 @@ class UpdateStats:
     clip_fraction: list[float] = field(default_factory=list)  # per micro-batch token mean
     ratio: list[float] = field(default_factory=list)  # per micro-batch token mean of the importance ratio
     grad_norm: list[float] = field(default_factory=list)  # per optimizer step, before clipping
-    passes: int = 0  # optimizer updates done (0 when every group of every rank was filtered out)
     row_logp: dict[int, float] = field(default_factory=dict)  # row -> mean per-token log-prob (first pass; row_stats)
     row_kl: dict[int, float] = field(default_factory=dict)  # row -> mean per-token KL estimate (first pass; row_stats, beta > 0)
 
@@ -116,7 +115,8 @@ def policy_update(
     row_stats: bool = False,
 ) -> UpdateStats:
     """``a.num_iterations`` (mu) optimizer updates on the rollout, micro-batched with gradient
-    accumulation; ``step_optimizer(loss_finite)`` clips, steps and returns the gradient norm.
+    accumulation; ``step_optimizer(loss_finite)`` clips, steps and returns the gradient norm (it
+    raises NonFiniteError when too many steps in a row were skipped as non-finite).
     ``row_stats`` also keeps each updated row's mean log-prob and KL (for rollouts.jsonl).
 
     Every aggregation is a mean over the GLOBAL batch (all ranks, all micro-batches), whatever
@@ -181,5 +181,4 @@ def policy_update(
                     kl = algos.kl_penalty(logp.detach(), sel.ref_logp, a.kl_estimator)  # [n, Lc]
                     stats.row_kl.update(zip(chunk, algos.masked_mean(kl, sel.mask, dim=-1).tolist()))
         stats.grad_norm.append(step_optimizer(finite))
-        stats.passes += 1
     return stats
