@@ -240,3 +240,21 @@ def test_reward_methods_pair_with_the_files_and_name_known_methods():
         load_config(None, ["data.eval_reward_methods=rec"])
     with pytest.raises(ConfigError, match=r"data.reward_methods: the embedded data names its own methods"):
         load_config(None, ["data.reward_methods=rec"])
+
+
+def test_every_setting_has_a_doc_and_every_command_a_help(capsys):
+    from vlmr1.cli import COMMANDS, main
+    from vlmr1.config import field_docs, to_dict
+
+    docs = field_docs()
+    fields = {f"{section}.{name}" for section, values in to_dict(Config()).items() for name in values}
+    assert fields == set(docs) and all(docs.values())
+    for command in COMMANDS:
+        for flag in ("--help", "-h"):
+            try:
+                main([command, flag])
+            except SystemExit as e:  # argparse's help exits 0
+                assert e.code == 0, (command, flag)
+    out = capsys.readouterr().out
+    assert "usage: vlmr1 train" in out and "usage: vlmr1 sft" in out
+    assert 'algo.beta = 0.04\n      KL coefficient; 0 loads no reference model.' in out  # default and doc, as YAML reads it

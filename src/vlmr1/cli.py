@@ -22,10 +22,24 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return yaml_path, overrides
 
 
+def _help(command: str, what: str) -> None:
+    from .config import settings_help
+
+    print(
+        f"usage: vlmr1 {command} [config.yaml] [section.field=value ...]\n\n{what}\n"
+        "Settings come from their defaults, then the YAML file (sections of fields), then the overrides "
+        "(values read as YAML, e.g. algo.beta=0.0 'reward.funcs=[iou, format]'). Recipes: configs/. "
+        "Every setting, its default and what it does (src/vlmr1/config_fields.py):"
+        + settings_help()
+    )
+
+
 def cmd_train(args: list[str]) -> None:
     from .config import load_config
     from .rl.trainer import train
 
+    if {"-h", "--help"} & set(args):
+        return _help("train", "GRPO training; with no arguments, the embedded default (tiny model, synthetic REC, CPU).")
     cfg = load_config(*_split_config_args(args))
     train(cfg)  # prints the before/after table; everything else is in the run folder
     print(f"summary: {cfg.train.output_dir}/summary.json")
@@ -35,6 +49,9 @@ def cmd_sft(args: list[str]) -> None:
     from .config import load_config
     from .sft import sft
 
+    if {"-h", "--help"} & set(args):
+        return _help("sft", "Supervised fine-tuning on the answers (algo.*, reward.* but eval_format, and rollout.* but "
+                     "max_completion_length do not apply and are refused).")
     cfg = load_config(*_split_config_args(args))
     sft(cfg)
     print(f"summary: {cfg.train.output_dir}/summary.json")

@@ -8,6 +8,7 @@ nothing a user sets is silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -222,6 +223,34 @@ def _validate_vllm(cfg: Config) -> None:
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature}: vLLM accepts temperatures up to 2 (rollout.engine=vllm)")
     if cfg.model.max_patches is not None:
         raise ConfigError("model.max_patches is an InternVL option; rollout.engine=vllm serves the Qwen-VL families only")
+
+
+def field_docs() -> dict[str, str]:
+    """``section.field`` -> the one-line doc written under the field in config_fields.py."""
+    import ast
+    import inspect
+
+    from . import config_fields
+
+    sections = {f.type if isinstance(f.type, str) else f.type.__name__: f.name for f in dataclasses.fields(Config)}
+    docs = {}
+    for node in ast.parse(inspect.getsource(config_fields)).body:
+        if not (isinstance(node, ast.ClassDef) and node.name in sections):
+            continue
+        for field, doc in zip(node.body, node.body[1:]):
+            if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+                docs[f"{sections[node.name]}.{field.target.id}"] = " ".join(str(doc.value.value).split())
+    return docs
+
+
+def settings_help() -> str:
+    """Every setting with its default and doc: what ``vlmr1 train --help`` and ``vlmr1 sft --help`` print."""
+    docs, lines = field_docs(), []
+    for section, values in to_dict(Config()).items():
+        lines.append(f"\n{section}:")
+        for name, value in values.items():
+            lines.append(f"  {section}.{name} = {json.dumps(value)}\n      {docs.get(f'{section}.{name}', '')}")
+    return "\n".join(lines)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
