@@ -77,12 +77,10 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
     adapter = load_model(cfg, resume or base_path, fresh_lora=resume is None)
     reward_funcs = resolve_rewards(cfg.reward.funcs, adapter.reward_overrides if cfg.reward.model_rewards else None)
     lora = is_peft(adapter.model)
-    ref_model = reference_model(cfg, base_path, adapter.model)
+    ref_model = reference_model(cfg, base_path, adapter.model, dev)
     optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], t)
     model, optimizer = accelerator.prepare(adapter.model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    if ref_model is not None and not lora:
-        ref_model.to(dev)
     state = load_trainer_state(resume, optimizer, scheduler) if resume else {"step": 0}
     start = state["step"]
     guard = NonFiniteGuard(t.max_nonfinite_steps, out, state.get("skipped_steps", 0))
@@ -143,8 +141,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             # 7. Rollout lines, metrics (every rank joins: they describe the global batch) and evaluation.
             if log_rollouts:
                 with timers("rollouts"):
-                    frames = box_frames(adapter, rollout.prompts)
-                    rollout_log.log(accelerator, step + 1, batch, rollout, frames, rewards, advantages, zero_std, stats)
+                    rollout_log.log(accelerator, step + 1, batch, rollout, box_frames(adapter, rollout.prompts), rewards, advantages, zero_std, stats)
             tokens += rollout.completion_mask.sum().item()
             log = (step + 1) % t.log_every == 0
             row = step_metrics(accelerator, rewards, rollout, zero_std, stats, a.num_iterations) if log else {}
@@ -155,10 +152,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
         # non-finite stop's checkpoint has its error instead). So time/save is the write after the
         # previous line, and time/step all of this step up to its line.
         if log:
-            global_tokens = accelerator.reduce(torch.tensor(tokens, device=dev), "sum").item()
-            times = timers.pop()
-            seconds = times["time/step"] - times.get("time/eval", 0.0)  # training throughput: evaluation left out
-            row.update(skipped_steps=guard.skipped, lr=scheduler.get_last_lr()[0], tokens_per_second=global_tokens / seconds, **times)
+            row.update(skipped_steps=guard.skipped, lr=scheduler.get_last_lr()[0], **throughput_and_times(accelerator, tokens, timers))
             tokens = 0.0
             bar.set_postfix(reward=f"{row['reward']:.3f}")
         if row:
@@ -176,15 +170,15 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
     return summary
 
 
-def reference_model(cfg: Config, base_path, policy):
-    """The KL reference: None when beta = 0 (nothing is loaded).
+def reference_model(cfg: Config, base_path, policy, device):
+    """The KL reference, on ``device``: None when beta = 0 (nothing is loaded).
 
     The reference is always the starting checkpoint, also after a resume, and the same class as
     the policy. With LoRA it is the policy itself, run with its adapters switched off: no second
     copy of the weights."""
     if cfg.algo.beta == 0:
         return None
-    return policy if is_peft(policy) else load_model(cfg, base_path, trainable=False).model
+    return policy if is_peft(policy) else load_model(cfg, base_path, trainable=False).model.to(device)
 
 
 def reward_columns(batch: Batch, adapter, rollout: Rollout) -> dict[str, list]:
@@ -197,6 +191,14 @@ def reward_columns(batch: Batch, adapter, rollout: Rollout) -> dict[str, list]:
     columns["completion_length"] = rollout.completion_mask.sum(1).tolist()
     columns["max_completion_length"] = [rollout.sampling.max_new_tokens] * N
     return columns
+
+
+def throughput_and_times(accelerator, tokens: float, timers) -> dict[str, float]:
+    """The stage times since the last line, and ``tokens_per_second``: completion tokens sampled
+    by all ranks (``tokens`` is this rank's) per second of step time, evaluation left out. Every rank calls it."""
+    global_tokens = accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item()
+    times = timers.pop()
+    return {"tokens_per_second": global_tokens / (times["time/step"] - times.get("time/eval", 0.0)), **times}
 
 
 def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std: torch.Tensor, stats: UpdateStats, mu: int) -> dict[str, float]:
