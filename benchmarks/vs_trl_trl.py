@@ -41,7 +41,7 @@ def ordered_samples(spec: dict) -> list:
     from vlmr1.data.jsonl import load_samples
     from vlmr1.data.order import DataOrder
 
-    samples, _ = load_samples(spec["data"], None)
+    samples, *_ = load_samples(spec["data"], None)
     order = DataOrder(len(samples), spec["seed"], spec["workload"]["prompts"])
     return [samples[i] for step in range(spec["steps"]) for i in order.indices(step)]
 

@@ -29,8 +29,8 @@ def test_yaml_overrides_then_cli_overrides_win(tmp_path):
     assert from_yaml.train.lr == 1e-4 and type(from_yaml.train.lr) is float
     assert from_yaml.train.steps == 5
 
-    cfg = load_config(path, ["algo.beta=0.0", "train.lr=1e-5"])
-    assert cfg.algo.beta == 0.0  # CLI beats YAML
+    cfg = load_config(path, ["algo.beta=0.01", "train.lr=1e-5"])
+    assert cfg.algo.beta == 0.01  # CLI beats YAML
     assert cfg.train.lr == 1e-5 and type(cfg.train.lr) is float
     assert cfg.algo.kl_estimator == "k2"  # YAML kept where the CLI says nothing
     assert cfg.train.steps == 5
@@ -68,7 +68,7 @@ def test_override_values_are_parsed_as_yaml():
         ("rollout.group=4", "rollout.group: unknown field"),
         ("beta=0.1", "beta: overrides are section.field"),
         ("algo.beta.x=0.1", "algo.beta.x: overrides are section.field"),
-        ("algo.beta", "expected key=value"),
+        ("algo.beta", "expected section.field=value"),
     ],
 )
 def test_unknown_keys_are_named(override, expected):
@@ -192,7 +192,7 @@ def test_dump_then_load_round_trips(tmp_path):
     cfg = load_config(
         None,
         [
-            "algo.beta=0.0",
+            "algo.beta=0.1",
             "algo.kl_estimator=k2",
             "train.lr=3e-6",
             "train.output_dir=runs/x",

@@ -78,7 +78,7 @@ def test_bad_row_error_names_file_line_and_field(folder, bad, expected):
 def test_bad_row_skipped_and_logged(folder, caplog, bad, expected):
     path = _write(folder / "train.jsonl", [GOOD, bad, _row(id="s3")])
     with caplog.at_level(logging.WARNING, logger="vlmr1.data.jsonl"):
-        samples, skipped = load_samples(str(path), str(folder), on_error="skip")
+        samples, skipped, _ = load_samples(str(path), str(folder), on_error="skip")
     assert [s.id for s in samples] == ["s1", "s3"]
     assert len(skipped) == 1 and skipped[0].startswith(f"{path}:2: ") and expected in skipped[0]
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
@@ -137,7 +137,7 @@ def test_colon_separated_files_pair_with_folders_by_position(tmp_path):
     (b_imgs / "only_b.png").write_bytes(b"b")
     fa = _write(tmp_path / "a.jsonl", [_row(id="a1", image="only_a.png")])
     fb = _write(tmp_path / "b.jsonl", [_row(id="b1", image="only_b.png"), _row(id="b2", image="only_b.png")])
-    samples, skipped = load_samples(f"{fa}:{fb}", f"{a_imgs}:{b_imgs}")
+    samples, skipped, _ = load_samples(f"{fa}:{fb}", f"{a_imgs}:{b_imgs}")
     assert [s.id for s in samples] == ["a1", "b1", "b2"] and skipped == []
     assert samples[0].images == [str(a_imgs / "only_a.png")]
     assert samples[2].images == [str(b_imgs / "only_b.png")]

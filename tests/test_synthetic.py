@@ -57,7 +57,7 @@ def test_row_format(tmp_path):
     assert row["accu_reward_method"] == "rec" and row["task"] == "rec"
     assert row["image_size"] == [112, 112]
     # The loader reads what the generator writes (images resolved next to the jsonl).
-    samples, skipped = load_samples(str(path), None)
+    samples, skipped, _ = load_samples(str(path), None)
     assert len(samples) == 3 and not skipped
     assert samples[0].problem.endswith(f"the {' '.join(_target(row))}.")
     assert samples[0].extra["n_objects"] == row["n_objects"]

@@ -90,7 +90,7 @@ def test_rows_load_and_name_their_method(tmp_path, task):
     assert path == tmp_path / "val.jsonl"
     rows = _rows(path)
     assert [r["id"] for r in rows] == [f"{task}-val-{i:06d}" for i in range(1, 5)]
-    samples, skipped = load_samples(str(path), None)
+    samples, skipped, _ = load_samples(str(path), None)
     assert len(samples) == 4 and not skipped
     for row, s in zip(rows, samples):
         assert row["accu_reward_method"] == METHODS[task] and s.reward_method == METHODS[task]

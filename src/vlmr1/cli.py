@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import ArgumentError, ConfigError, UserError
+
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     """``[config.yaml] [key=value ...]``: the optional first non-override is the YAML file."""
@@ -18,7 +20,7 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
         elif yaml_path is None:
             yaml_path = a
         else:
-            raise SystemExit(f"unexpected argument {a!r}: give one YAML file and key=value overrides")
+            raise ConfigError(f"unexpected argument {a!r}: give one YAML file and section.field=value overrides")
     return yaml_path, overrides
 
 
@@ -88,10 +90,10 @@ def cmd_eval(argv: list[str]) -> None:
     files = a.data.split(":")
     folders = a.image_folders.split(":") if a.image_folders else [None] * len(files)
     if len(folders) != len(files):
-        raise SystemExit(f"--image-folders has {len(folders)} entries for {len(files)} --data files")
+        raise ArgumentError(f"--image-folders has {len(folders)} entries for {len(files)} --data files")
     methods = file_methods(a.reward_methods, a.data, a.task)
     if len(methods) != len(files):
-        raise SystemExit(f"--reward-methods has {len(methods)} entries for {len(files)} --data files")
+        raise ArgumentError(f"--reward-methods has {len(methods)} entries for {len(files)} --data files")
     for file, folder, method in zip(files, folders, methods):
         samples = load_samples(file, folder, reward_methods=[method]).samples[: a.limit]
         name = Path(file).stem
@@ -122,7 +124,7 @@ def cmd_data(argv: list[str]) -> None:
     a = p.parse_args(argv)
     kwargs = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects)) if v is not None}
     if kwargs and a.task not in ("rec", "det"):
-        raise SystemExit(f"--min-objects/--max-objects apply to rec and det, not {a.task}")
+        raise ArgumentError(f"--min-objects/--max-objects apply to rec and det, not {a.task}")
     print(GENERATORS[a.task](Path(a.out), a.n, a.split, seed=a.seed, name=a.name, **kwargs))
 
 
@@ -164,7 +166,7 @@ def cmd_export(argv: list[str]) -> None:
     p.add_argument("--merge-lora", action="store_true", required=True, help="merge the LoRA weights into the base (required)")
     a = p.parse_args(argv)
     if not is_lora_checkpoint(a.checkpoint):
-        raise SystemExit(f"{a.checkpoint}: not a LoRA checkpoint (no adapter_config.json); it is already a full checkpoint")
+        raise ArgumentError(f"{a.checkpoint}: not a LoRA checkpoint (no adapter_config.json); it is already a full checkpoint")
     print(merge_lora(a.checkpoint, a.out))
 
 
@@ -183,7 +185,7 @@ def cmd_report(argv: list[str]) -> None:
     try:
         print(write_report(a.run_dir, a.out, a.gallery))
     except (FileNotFoundError, ValueError) as e:  # a wrong folder or a corrupt JSON line: say which, no traceback
-        raise SystemExit(f"vlmr1 report: {e}") from None
+        raise ArgumentError(str(e)) from None
 
 
 COMMANDS = {
@@ -198,7 +200,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``vlmr1 [--traceback] COMMAND ...``: a wrong input (UserError) is printed as its message and
+    exits 1; ``--traceback`` shows where it was raised. Our own bugs always keep their traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    show_traceback = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
     # Nothing is ever fetched from a model hub: every model and tokenizer is local.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -206,19 +212,21 @@ def main(argv: list[str] | None = None) -> None:
         if not argv:
             argv = ["train"]
         else:
-            print("usage: vlmr1 COMMAND [args]\n")
+            print("usage: vlmr1 [--traceback] COMMAND [args]   (COMMAND --help for its own)\n")
             for name, (_, doc) in COMMANDS.items():
                 print(f"  {name:<9}{doc}")
+            print("\n  --traceback  show where an input error was raised (by default: its message only)")
             return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        raise SystemExit(f"unknown command {name!r}; one of {sorted(COMMANDS)}")
-    from .config import ConfigError
-
+        raise SystemExit(f"vlmr1: unknown command {name!r}; one of {sorted(COMMANDS)} (vlmr1 --help)")
     try:
         COMMANDS[name][0](rest)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+    except UserError as e:
+        if show_traceback:
+            raise
+        print(f"vlmr1 {name}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

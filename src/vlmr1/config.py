@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .config_checks import check_applies, check_finite, check_paths
+from .errors import ConfigError  # noqa: F401  (re-exported)
 from .config_fields import (  # noqa: F401  (re-exported: the config's classes are imported from here)
     EMBEDDED,
     AlgoConfig,
@@ -26,10 +28,6 @@ from .config_fields import (  # noqa: F401  (re-exported: the config's classes a
     RolloutConfig,
     TrainConfig,
 )
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -72,7 +70,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _apply(cfg: Config, key: str, value: Any) -> None:
+def _field_hint(cfg: Config, key: str) -> tuple[Any, str, Any]:
+    """(section object, field name, type hint) for ``section.field``; ConfigError for an unknown one."""
     parts = key.split(".")
     if len(parts) != 2:
         raise ConfigError(f"{key}: overrides are section.field (e.g. algo.beta=0.0)")
@@ -83,26 +82,88 @@ def _apply(cfg: Config, key: str, value: Any) -> None:
     hints = typing.get_type_hints(type(section))
     if name not in hints:
         raise ConfigError(f"{key}: unknown field (known in {section_name}: {sorted(hints)})")
-    setattr(section, name, _coerce(value, hints[name], key))
+    return section, name, hints[name]
+
+
+def _apply(cfg: Config, key: str, value: Any) -> None:
+    section, name, hint = _field_hint(cfg, key)
+    setattr(section, name, _coerce(value, hint, key))
+
+
+def _takes_text(hint: Any) -> bool:
+    """Whether a field is a string (or an optional one): its override is taken as written."""
+    return hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint))
+
+
+def _override_value(cfg: Config, key: str, raw: str) -> Any:
+    """An override's value: YAML, except for string fields, whose text is kept as written.
+
+    YAML would read ``data.train_files=a.jsonl:`` as the mapping {a.jsonl: null} and
+    ``model.path=2024`` as a number; a string field takes the text ("null" / "~" / nothing
+    still mean None, and a quoted value loses its quotes)."""
+    _, _, hint = _field_hint(cfg, key)
+    text = raw.strip()
+    if _takes_text(hint) and text not in ("", "null", "~", "Null", "NULL") and text[:1] not in ("'", '"'):
+        return text
+    try:
+        return yaml.safe_load(raw) if text else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}={raw}: not a YAML value ({getattr(e, 'problem', None) or e})") from None
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> ConfigError:
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return ConfigError(f"{where}: YAML syntax error: {problem}")
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """The YAML file's sections, and the line of each ``section.field`` (for error messages)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        data = yaml.safe_load(text) or {}
+        root = yaml.compose(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, rollout:, algo:, reward:, train:)")
+    lines: dict[str, int] = {}
+    for section_key, section in root.value if isinstance(root, yaml.MappingNode) else []:
+        lines[str(section_key.value)] = section_key.start_mark.line + 1
+        for field_key, _ in section.value if isinstance(section, yaml.MappingNode) else []:
+            lines[f"{section_key.value}.{field_key.value}"] = field_key.start_mark.line + 1
+    return data, lines
 
 
 def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file's values, then ``key=value`` overrides (values parsed as YAML)."""
     cfg = Config()
     if yaml_path is not None:
-        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping of sections")
+        path = Path(yaml_path)
+        data, lines = _read_yaml(path)
+        known = [f.name for f in dataclasses.fields(cfg)]
         for section, values in data.items():
+            if section not in known:
+                raise ConfigError(f"{path}:{lines.get(str(section), '?')}: unknown section {section!r} (known: {known})")
             if not isinstance(values, dict):
-                raise ConfigError(f"{yaml_path}: section {section!r} must be a mapping")
+                raise ConfigError(f"{path}:{lines.get(str(section), '?')}: section {section!r} must be a mapping of fields")
             for name, value in values.items():
-                _apply(cfg, f"{section}.{name}", value)
+                key = f"{section}.{name}"
+                try:
+                    _apply(cfg, key, value)
+                except ConfigError as e:
+                    raise ConfigError(f"{path}:{lines.get(key, '?')}: {e}") from None
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
+            raise ConfigError(f"override {item!r}: expected section.field=value")
         key, raw = item.split("=", 1)
-        _apply(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        key = key.strip()
+        _apply(cfg, key, _override_value(cfg, key, raw))
     validate(cfg)
     return cfg
 
@@ -137,6 +198,7 @@ def validate(cfg: Config) -> None:
         (t.keep_last >= 0, "train.keep_last must be >= 0 (0 keeps every checkpoint)"),
         (t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps must be >= 0"),
         (t.eval_every >= 0, "train.eval_every must be >= 0"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
         (t.log_every >= 1, "train.log_every must be >= 1"),
         (t.log_completions >= 0 and t.log_completions_groups >= 0, "train.log_completions and train.log_completions_groups must be >= 0 (0: off / every group)"),
         (cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
@@ -144,6 +206,8 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.model.lora_dropout < 1, "model.lora_dropout must be in [0, 1)"),
         (cfg.model.lora_rank == 0 or bool(cfg.model.lora_target_modules), "model.lora_target_modules is empty"),
         (cfg.data.num_eval >= 0 and cfg.data.num_train >= 1, "data.num_train must be >= 1 and data.num_eval >= 0"),
+        (cfg.data.max_image_pixels >= 1, "data.max_image_pixels must be >= 1"),
+        (cfg.data.max_prompt_length is None or cfg.data.max_prompt_length >= 1, "data.max_prompt_length must be >= 1 (or null)"),
         (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),
         (4 <= cfg.data.min_size <= cfg.data.max_size <= 56, "data.min_size..max_size must lie in [4, 56] pixels"),
     ]
@@ -177,6 +241,9 @@ def validate(cfg: Config) -> None:
     if (cfg.data.eval_image_folders is not None) and cfg.data.eval_files is None:
         raise ConfigError("data.eval_image_folders is set but data.eval_files is not")
     _validate_reward_methods(cfg.data)
+    check_finite(cfg)
+    check_paths(cfg.data)
+    check_applies(cfg)
     if r.engine == "vllm":
         _validate_vllm(cfg)
 

@@ -72,7 +72,13 @@ class DataConfig:
     synthetic: SyntheticTask = "rec"
     """Embedded data only: which generated task, rec | det | count | gui (see vlmr1 data --help)."""
     on_error: OnError = "raise"
-    """Bad data rows: "raise" stops with file:line:field; "skip" skips each with a counted warning."""
+    """Bad data rows: "raise" stops with file:line:field; "skip" skips each, counted by reason in the
+    run's summary (summary.json "skipped_rows")."""
+    max_image_pixels: int = 89_478_485
+    """Largest image (width x height) a row may name, a guard against decompression bombs (PIL's default)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens, image tokens included; a longer row is a data error (or a counted skip).
+    None: the model's context (max_position_embeddings) less rollout.max_completion_length."""
     num_train: int = 4000
     """Embedded data only: number of generated training samples."""
     num_eval: int = 1000

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import EMBEDDED, Config
+from .data.checks import RowChecker
 from .data.jsonl import TASK_METHODS, Sample, load_samples
 from .data.synthetic import GENERATORS
 
@@ -19,6 +20,7 @@ EVAL_SEEDS = {"in": 1_000_003, "ood": 2_000_003}
 class Data:
     train: list[Sample]
     evals: dict[str, list[Sample]]  # split name -> samples
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # split ("train", eval names) -> reason -> rows skipped
 
 
 def resolve_model_path(path: str, out: Path | None = None) -> Path:
@@ -42,10 +44,12 @@ def file_methods(methods: str | None, files: str, task: str) -> list[str | None]
     return methods.split(":") if methods is not None else [TASK_METHODS.get(task)] * n
 
 
-def _load(files: str, folders: str | None, on_error: str, methods: list[str | None] | None = None) -> list[Sample]:
-    samples, skipped = load_samples(files, folders, on_error=on_error, reward_methods=methods)
-    if skipped:
-        print(f"warning: skipped {len(skipped)} bad rows in {files} (first: {skipped[0]})")
+def _load(files: str, folders: str | None, on_error: str, check: RowChecker, methods: list[str | None] | None, skipped: dict, split: str) -> list[Sample]:
+    samples, bad, reasons = load_samples(files, folders, on_error=on_error, reward_methods=methods, check=check)
+    if bad:
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        print(f"warning: skipped {len(bad)} bad rows in {files} ({counts}; data.on_error=skip); first: {bad[0]}")
+        skipped[split] = reasons
     return samples
 
 
@@ -63,30 +67,33 @@ def _synthetic(cfg: Config, root: Path, n: int, split: str, seed: int, name: str
     return GENERATORS[d.synthetic](root, n, split, seed=seed, name=name, **kwargs)
 
 
-def prepare_data(cfg: Config, out: Path, write: bool = True) -> Data:
-    """Training and held-out samples; embedded data is generated into ``out/data`` when ``write``.
+def prepare_data(cfg: Config, out: Path, write: bool = True, scored_by: list[str] | tuple[str, ...] = ()) -> Data:
+    """Training and held-out samples, every row checked (``data.checks``); embedded data is
+    generated into ``out/data`` when ``write``.
 
-    In multi-process runs one process per machine writes (``write=True``) while the others wait
-    and then only read the same files.
+    ``scored_by``: the rewards that score every training row (GRPO's reward.funcs; none for SFT):
+    their ground-truth checks run on the training rows. In multi-process runs one process per
+    machine writes (``write=True``) while the others wait and then only read the same files.
     """
     d = cfg.data
     root = out / "data"
+    skipped: dict[str, dict[str, int]] = {}
+    train_check, eval_check = RowChecker(d.max_image_pixels, scored_by), RowChecker(d.max_image_pixels)
     if d.train_files == EMBEDDED:
         train = _synthetic(cfg, root, d.num_train, "in", cfg.train.seed, "train", True, write)
-        train_samples = _load(str(train), None, d.on_error)
+        train_samples = _load(str(train), None, d.on_error, train_check, None, skipped, "train")
     else:
-        train_samples = _load(d.train_files, d.image_folders, d.on_error, file_methods(d.reward_methods, d.train_files, d.task))
+        methods = file_methods(d.reward_methods, d.train_files, d.task)
+        train_samples = _load(d.train_files, d.image_folders, d.on_error, train_check, methods, skipped, "train")
     evals: dict[str, list[Sample]] = {}
     if d.eval_files is not None:
         files = d.eval_files.split(":")
         folders = d.eval_image_folders.split(":") if d.eval_image_folders else [None] * len(files)
-        if len(folders) != len(files):
-            raise ValueError(f"data.eval_image_folders has {len(folders)} entries for {len(files)} data.eval_files")
         methods = file_methods(d.eval_reward_methods, d.eval_files, d.task)
         for f, folder, method in zip(files, folders, methods):
-            evals[Path(f).stem] = _load(f, folder, d.on_error, [method])
+            evals[Path(f).stem] = _load(f, folder, d.on_error, eval_check, [method], skipped, Path(f).stem)
     elif d.train_files == EMBEDDED and d.num_eval > 0:
         for split, seed in EVAL_SEEDS.items():
             path = _synthetic(cfg, root, d.num_eval, split, seed, f"eval_{split}", False, write)
-            evals[split] = _load(str(path), None, d.on_error)
-    return Data(train_samples, evals)
+            evals[split] = _load(str(path), None, d.on_error, eval_check, None, skipped, split)
+    return Data(train_samples, evals, skipped)

@@ -39,7 +39,7 @@ def start_log(cfg: Config, out: Path, main: bool, start: int, model, adapter, da
         save_config(cfg, out)
     logger = MetricsLogger(out, enabled=main)
     logger.truncate_after(start)
-    summary: dict = {}
+    summary: dict = {"skipped_rows": data.skipped} if data.skipped else {}
     if cfg.train.eval_before and start == 0 and main and data.evals:
         summary["before"] = run_evals(cfg, model, adapter, data, out, "before")
         logger.log(0, flat_metrics(summary["before"]))

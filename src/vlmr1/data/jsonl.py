@@ -28,7 +28,10 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from collections import Counter
+from typing import Any, Callable, Literal, NamedTuple
+
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +39,6 @@ OnError = Literal["raise", "skip"]
 """What a bad row does: "raise" stops with file:line:field, "skip" skips it with a counted warning."""
 
 _KNOWN_KEYS = ("id", "image", "conversations", "accu_reward_method")
-
-
-class DataError(ValueError):
-    """A data file or row is invalid; the message starts with ``file:line:`` where known."""
 
 
 @dataclass
@@ -51,11 +50,13 @@ class Sample:
     reward_method: str | None  # accu_reward_method, None when the row has none
     extra: dict[str, Any] = field(default_factory=dict)  # other row keys, passed to rewards as columns
     source: str = ""  # "file:line"
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (w, h) per image, set by the load-time check
 
 
 class LoadResult(NamedTuple):
     samples: list[Sample]
     skipped: list[str]  # one error message per skipped row (empty unless on_error="skip")
+    reasons: dict[str, int]  # skipped rows counted by DataError.reason ("invalid JSON": 2, ...)
 
 
 def _split(value: str | list[str]) -> list[str]:
@@ -68,7 +69,7 @@ def _split(value: str | list[str]) -> list[str]:
 def _turn(turns: list[dict], role: str, where: str) -> str:
     values = [t["value"] for t in turns if t["from"] == role]
     if len(values) != 1:
-        raise DataError(f"{where}: field 'conversations': expected exactly one '{role}' turn, found {len(values)}")
+        raise DataError(f"{where}: field 'conversations': expected exactly one '{role}' turn, found {len(values)}", "bad conversations")
     return values[0]
 
 
@@ -79,39 +80,40 @@ def parse_row(line: str, where: str, image_folder: str, check_images: bool = Tru
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})", "invalid JSON") from None
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}", "invalid JSON")
 
     turns = row.get("conversations")
     if not isinstance(turns, list) or not all(
         isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str) for t in turns
     ):
-        raise DataError(f"{where}: field 'conversations': expected a list of {{from, value}} turns")
+        raise DataError(f"{where}: field 'conversations': expected a list of {{from, value}} turns", "bad conversations")
     human, solution = _turn(turns, "human", where), _turn(turns, "gpt", where)
 
     image = row.get("image", [])
     rel = [image] if isinstance(image, str) else image
     if not isinstance(rel, list) or not all(isinstance(p, str) and p for p in rel):
-        raise DataError(f"{where}: field 'image': expected a path or a list of paths, got {image!r}")
+        raise DataError(f"{where}: field 'image': expected a path or a list of paths, got {image!r}", "bad image field")
     images = [os.path.abspath(os.path.join(image_folder, p)) for p in rel]
     n_placeholders = human.count("<image>")
     if n_placeholders and n_placeholders != len(images):
         raise DataError(
             f"{where}: field 'conversations': human turn has {n_placeholders} <image> placeholders "
-            f"but the row has {len(images)} images"
+            f"but the row has {len(images)} images",
+            "placeholders != images",
         )
     if check_images:
         for p in images:
             if not os.path.isfile(p):
-                raise DataError(f"{where}: field 'image': file not found: {p}")
+                raise DataError(f"{where}: field 'image': file not found: {p}", "image not found")
 
     method = row.get("accu_reward_method")
     if method is not None and not isinstance(method, str):
-        raise DataError(f"{where}: field 'accu_reward_method': expected a string, got {method!r}")
+        raise DataError(f"{where}: field 'accu_reward_method': expected a string, got {method!r}", "bad reward method")
     sid = row.get("id", where)
     if not isinstance(sid, (str, int)):
-        raise DataError(f"{where}: field 'id': expected a string or integer, got {sid!r}")
+        raise DataError(f"{where}: field 'id': expected a string or integer, got {sid!r}", "bad id")
     extra = {k: v for k, v in row.items() if k not in _KNOWN_KEYS}
     problem = human.strip()
     return Sample(str(sid), images, problem, solution, method if method is not None else default_method, extra, where)
@@ -123,8 +125,9 @@ def load_samples(
     on_error: OnError = "raise",
     check_images: bool = True,
     reward_methods: str | list[str | None] | None = None,
+    check: Callable[[Sample], None] | None = None,
 ) -> LoadResult:
-    """Load and validate VLM-R1 JSONL files; returns ``LoadResult(samples, skipped)``.
+    """Load and validate VLM-R1 JSONL files; returns ``LoadResult(samples, skipped, reasons)``.
 
     `data_files` / `image_folders`: colon-separated strings or lists, paired by
     position (equal counts); ``image_folders=None`` resolves images against each
@@ -134,8 +137,13 @@ def load_samples(
     position, given to the rows of that file that carry no ``accu_reward_method`` (None in a list:
     that file's rows keep none).
 
+    ``check`` (e.g. ``data.checks.RowChecker``) runs on each parsed row and raises DataError for
+    a row that parses but cannot be trained on (an unreadable image, a solution its reward
+    cannot score); its rows count as bad rows too.
+
     ``on_error="raise"`` raises the first row's DataError; ``"skip"`` drops bad rows,
-    logs each with ``logging.warning`` and lists the messages in ``skipped``.
+    logs each with ``logging.warning``, lists the messages in ``skipped`` and counts them by
+    reason in ``reasons``.
     File-level problems (missing file, empty file, mismatched folder count, no valid
     row at all) raise in both modes.
     """
@@ -162,27 +170,61 @@ def load_samples(
             )
     samples: list[Sample] = []
     skipped: list[str] = []
+    reasons: Counter[str] = Counter()
     for path, folder, method in zip(files, folders, methods):
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: data file not found")
         n_rows = 0
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        for lineno, line in _lines(path):
+            if isinstance(line, DataError) or line.strip():
+                n_rows += 1
+            try:
+                if isinstance(line, DataError):
+                    raise line
                 if not line.strip():
                     continue
-                n_rows += 1
-                try:
-                    samples.append(parse_row(line, f"{path}:{lineno}", folder, check_images, method))
-                except DataError as e:
-                    if on_error == "raise":
-                        raise
-                    logger.warning("skipping row: %s", e)
-                    skipped.append(str(e))
+                sample = parse_row(line, f"{path}:{lineno}", folder, check_images, method)
+                if check is not None:
+                    check(sample)
+                samples.append(sample)
+            except DataError as e:
+                if on_error == "raise":
+                    raise
+                logger.warning("skipping row: %s", e)
+                skipped.append(str(e))
+                reasons[e.reason] += 1
         if n_rows == 0:
             raise DataError(f"{path}: file has no rows")
     if not samples:
         raise DataError(f"no valid rows in {files} ({len(skipped)} skipped)")
-    return LoadResult(samples, skipped)
+    return LoadResult(samples, skipped, dict(reasons))
+
+
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff")  # also the start of the UTF-32 BOMs
+
+
+def _lines(path: str):
+    """``(line number, text)`` per line; a line that is not UTF-8 comes as its DataError instead.
+
+    Decoding line by line, so that a stray byte is reported with its line (and skipped under
+    ``on_error=skip``) rather than failing the whole file; a UTF-8 byte-order mark is accepted.
+    """
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; data files are JSONL files")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: data file not found")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(_UTF16_32_BOMS):
+        raise DataError(f"{path}: the file is UTF-16 or UTF-32 text; save it as UTF-8 (one JSON object per line)")
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            yield lineno, line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = line[e.start : e.start + 4]
+            yield lineno, DataError(
+                f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line: {bad!r}); save the file as UTF-8",
+                "not UTF-8",
+            )
 
 
 _THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> </answer> tags."

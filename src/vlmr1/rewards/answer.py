@@ -53,7 +53,7 @@ from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
 from .grounding import answer_content
-from .registry import register
+from .registry import register, register_truth_check
 
 MATH_VERIFY_TIMEOUT_S = 5
 """Seconds math-verify may spend per parse or comparison (its own default), main thread only."""
@@ -77,13 +77,19 @@ _STANDALONE_RE = re.compile(r"\b([A-Z])\b(?!')")  # not "I'm"
 _WORD_LETTERS = ("A", "I")  # single-capital English words: the article and the pronoun
 
 
-def _solution_text(sol, index: int) -> str:
+def _where(index: int | None) -> str:
+    return f"sample {index}: " if index is not None else ""
+
+
+def _solution_text(sol, index: int | None) -> str:
     """The solution's answer as stripped text; numbers are allowed (JSON solutions like 3 or 0.5)."""
     if isinstance(sol, bool) or not isinstance(sol, (str, int, float)):
-        raise ValueError(f"sample {index}: solution {sol!r} is not a string or a number")
+        raise ValueError(f"{_where(index)}solution {sol!r} is not a string or a number")
+    if isinstance(sol, float) and not math.isfinite(sol):
+        raise ValueError(f"{_where(index)}solution {sol!r} is not a finite number")
     text = answer_content(str(sol)).strip()
     if not text:
-        raise ValueError(f"sample {index}: solution {sol!r} holds no answer")
+        raise ValueError(f"{_where(index)}solution {sol!r} holds no answer")
     return text
 
 
@@ -176,6 +182,41 @@ def yes_or_no(text: str) -> str | None:
     return words.pop() if len(words) == 1 else None
 
 
+def _mcq_gold(sol, index: int | None) -> str:
+    gold = extract_choice(_solution_text(sol, index))
+    if gold is None:
+        raise ValueError(f"{_where(index)}solution {sol!r} names no choice letter (A-Z)")
+    return gold
+
+
+def _yes_no_gold(sol, index: int | None) -> str:
+    gold = yes_or_no(_solution_text(sol, index))
+    if gold is None:
+        raise ValueError(f"{_where(index)}solution {sol!r} is not exactly one of yes / no")
+    return gold
+
+
+def _all_match_gold(sol, index: int | None) -> str:
+    gold = normalize_text(_solution_text(sol, index))
+    if not gold:  # e.g. a solution that is only "."
+        raise ValueError(f"{_where(index)}solution {sol!r} is empty after normalisation")
+    return gold
+
+
+_GOLD = {"default": _solution_text, "mcq": _mcq_gold, "yes_no": _yes_no_gold, "all_match": _all_match_gold}
+
+
+def _truth_check(gold):
+    def check(sol, image_size=None) -> None:  # the solution read as the method's reward reads it
+        gold(sol, None)
+
+    return check
+
+
+for _method, _gold in _GOLD.items():
+    register_truth_check(_method)(_truth_check(_gold))
+
+
 @register("default")
 def default_reward(completions: list[str], solution: list, **_) -> list[float]:
     """1.0 if the answer equals the solution by math-verify, as a bare number, or as normalised text."""
@@ -189,34 +230,19 @@ def default_reward(completions: list[str], solution: list, **_) -> list[float]:
 @register("mcq")
 def mcq_reward(completions: list[str], solution: list, **_) -> list[float]:
     """1.0 if the answer's choice letter equals the solution's; 0.0 when it names no single letter."""
-    out = []
-    for i, (text, sol) in enumerate(zip(completions, solution, strict=True)):
-        gold = extract_choice(_solution_text(sol, i))
-        if gold is None:
-            raise ValueError(f"sample {i}: solution {sol!r} names no choice letter")
-        out.append(float(extract_choice(answer_content(text).strip()) == gold))
-    return out
+    golds = [_mcq_gold(sol, i) for i, sol in enumerate(solution)]
+    return [float(extract_choice(answer_content(t).strip()) == g) for t, g in zip(completions, golds, strict=True)]
 
 
 @register("yes_no")
 def yes_no_reward(completions: list[str], solution: list, **_) -> list[float]:
     """1.0 if the answer says exactly one of yes / no (whole words) and it is the solution's."""
-    out = []
-    for i, (text, sol) in enumerate(zip(completions, solution, strict=True)):
-        gold = yes_or_no(_solution_text(sol, i))
-        if gold is None:
-            raise ValueError(f"sample {i}: solution {sol!r} is not exactly one of yes / no")
-        out.append(float(yes_or_no(answer_content(text)) == gold))
-    return out
+    golds = [_yes_no_gold(sol, i) for i, sol in enumerate(solution)]
+    return [float(yes_or_no(answer_content(t)) == g) for t, g in zip(completions, golds, strict=True)]
 
 
 @register("all_match")
 def all_match_reward(completions: list[str], solution: list, **_) -> list[float]:
     """1.0 if the answer equals the solution after ``normalize_text``."""
-    out = []
-    for i, (text, sol) in enumerate(zip(completions, solution, strict=True)):
-        gold = normalize_text(_solution_text(sol, i))
-        if not gold:  # e.g. a solution that is only "."
-            raise ValueError(f"sample {i}: solution {sol!r} is empty after normalisation")
-        out.append(float(normalize_text(answer_content(text)) == gold))
-    return out
+    golds = [_all_match_gold(sol, i) for i, sol in enumerate(solution)]
+    return [float(normalize_text(answer_content(t)) == g) for t, g in zip(completions, golds, strict=True)]

@@ -47,8 +47,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .grounding import _valid  # the project's one rule for a valid box (finite, not inverted)
-from .grounding import answer_content, box_area, iou, scale_box
-from .registry import register
+from .grounding import answer_content, box_area, box_problem, iou, scale_box
+from .registry import register, register_truth_check
 
 MATCH_IOU = 0.5
 """``weighted_sum``: IoU at which a prediction may match a ground-truth box of the same label."""
@@ -170,7 +170,7 @@ def parse_detections(text: str) -> list[Detection] | None:
     return None if parsed is None else parsed[0]
 
 
-def truth_detections(sol, index: int) -> list[Detection]:
+def truth_detections(sol, index: int | None) -> list[Detection]:
     """Ground truth of sample ``index``: a string in the answer format, or a list of dicts (or one dict).
 
     Stricter than predictions: a malformed item or an invalid box is a data bug and raises ValueError.
@@ -186,8 +186,19 @@ def truth_detections(sol, index: int) -> list[Detection]:
     else:
         ok, dets = False, []
     if not ok or not all(_valid(d.box) for d in dets):
-        raise ValueError(f"sample {index}: solution {sol!r} is not a list of valid {{'bbox_2d', 'label'}} boxes")
+        where = f"sample {index}: " if index is not None else ""
+        raise ValueError(
+            f"{where}solution {sol!r} is not a JSON list of {{'bbox_2d': [x1, y1, x2, y2], 'label': str}} boxes"
+        )
     return dets
+
+
+@register_truth_check("map", "od_ap", "od_ap50", "odLength", "weighted_sum")
+def check_detection_solution(sol, image_size=None) -> None:
+    for d in truth_detections(sol, None):
+        problem = box_problem(d.box, image_size)
+        if problem:
+            raise ValueError(f"solution {str(sol)[:120]!r}: label {d.label!r}: {problem}")
 
 
 def pred_and_truth(completions: list[str], solution: list, image_size=None, input_size=None):

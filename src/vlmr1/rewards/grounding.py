@@ -27,7 +27,7 @@ import math
 import re
 from typing import Sequence
 
-from .registry import register
+from .registry import register, register_truth_check
 
 IOU_THRESHOLD = 0.5
 """IoU at which a REC prediction counts as a hit (Acc@0.5, the standard REC metric)."""
@@ -106,17 +106,46 @@ def scale_box(box: Sequence[float], from_size: Sequence[float], to_size: Sequenc
     return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
 
 
-def _solution_box(sol, index: int) -> Box:
+def _solution_box(sol, index: int | None) -> Box:
     # A ground truth we cannot read is a data bug: fail loudly instead of scoring 0.
     if isinstance(sol, str):
         box = parse_box(sol)
-    elif isinstance(sol, (list, tuple)) and len(sol) == 4:
+    elif isinstance(sol, (list, tuple)) and len(sol) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sol):
         box = [float(v) for v in sol]
     else:
         box = None
     if box is None:
-        raise ValueError(f"sample {index}: solution {sol!r} holds no [x1, y1, x2, y2] box")
+        where = f"sample {index}: " if index is not None else ""
+        raise ValueError(f"{where}solution {sol!r} holds no [x1, y1, x2, y2] box")
     return box
+
+
+EDGE_TOLERANCE = 1.0
+"""Pixels a ground-truth box may pass the image's edge by (annotations rounded outward)."""
+
+
+def box_problem(box: Sequence[float], image_size: Sequence[int] | None) -> str | None:
+    """What is wrong with a ground-truth box in original pixels, or None: four finite numbers,
+    x1 < x2 and y1 < y2 (a box of zero or negative area scores IoU 0 against any prediction),
+    inside the ``image_size`` (w, h) image, where known, up to ``EDGE_TOLERANCE``."""
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        return f"box {list(box)} is not four finite numbers"
+    x1, y1, x2, y2 = box
+    if not (x1 < x2 and y1 < y2):
+        return f"box {list(box)} is not [x1, y1, x2, y2] with x1 < x2 and y1 < y2"
+    if image_size is not None:
+        w, h = image_size
+        t = EDGE_TOLERANCE
+        if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
+            return f"box {list(box)} lies outside the {w}x{h} image (boxes are in pixels of the original image)"
+    return None
+
+
+@register_truth_check("iou", "acc50", "rec_acc", "acc50_tight")
+def check_box_solution(sol, image_size=None) -> None:
+    problem = box_problem(_solution_box(sol, None), image_size)
+    if problem:
+        raise ValueError(f"solution {sol!r}: {problem}")
 
 
 def pred_and_truth(completions: list[str], solution: list, image_size=None, input_size=None):

@@ -26,8 +26,8 @@ import math
 import numbers
 import re
 
-from .grounding import answer_content, iou, scale_box
-from .registry import register
+from .grounding import answer_content, box_problem, iou, scale_box
+from .registry import register, register_truth_check
 
 NONE = "none"
 """The type meaning "no defect"; such answers carry no box."""
@@ -72,12 +72,21 @@ def parse_defect(text: str) -> Defect | None:
     return None
 
 
-def _truth(sol, index: int) -> Defect:
+def _truth(sol, index: int | None) -> Defect:
     # A ground truth we cannot read is a data bug: fail loudly instead of scoring 0.
     truth = parse_defect(sol) if isinstance(sol, str) else None
     if truth is None or (truth[0] != NONE and truth[1] is None):
-        raise ValueError(f"sample {index}: solution {sol!r} is not a defect answer with a box (or 'none')")
+        where = f"sample {index}: " if index is not None else ""
+        raise ValueError(f"{where}solution {sol!r} is not a defect answer with a box (or 'none')")
     return truth
+
+
+@register_truth_check("gui_defect")
+def check_defect_solution(sol, image_size=None) -> None:
+    kind, box = _truth(sol, None)
+    problem = box_problem(box, image_size) if box is not None else None
+    if problem:
+        raise ValueError(f"solution {sol!r}: {problem}")
 
 
 def pred_and_truth(completions: list[str], solution: list, image_size=None, input_size=None):

@@ -29,13 +29,15 @@ from typing import Callable
 
 import torch
 
+from ..errors import UserError
+
 RewardFn = Callable[..., list]
 
 _REGISTRY: dict[str, RewardFn] = {}
 
 
-class RewardFunctionError(RuntimeError):
-    """A reward function raised or returned something invalid; the message names it."""
+class RewardFunctionError(UserError, RuntimeError):
+    """A reward function raised or returned something invalid; the message names it and the sample."""
 
 
 def register(*names: str) -> Callable[[RewardFn], RewardFn]:
@@ -53,6 +55,28 @@ def register(*names: str) -> Callable[[RewardFn], RewardFn]:
         return fn
 
     return deco
+
+
+TruthCheck = Callable[[object, "tuple[int, int] | None"], None]
+_TRUTH_CHECKS: dict[str, TruthCheck] = {}
+
+
+def register_truth_check(*names: str) -> Callable[[TruthCheck], TruthCheck]:
+    """Decorator: ``fn(solution, image_size)`` raises ValueError (saying what is wrong, and what
+    would be right) for a ground truth the rewards ``names`` cannot score. Data loading runs it on
+    every row, so a bad solution is found before training, with its file and line."""
+
+    def deco(fn: TruthCheck) -> TruthCheck:
+        for name in names:
+            _TRUTH_CHECKS[name] = fn
+        return fn
+
+    return deco
+
+
+def truth_check(name: str) -> TruthCheck | None:
+    """The ground-truth check of registered reward ``name``; None for rewards that read no solution."""
+    return _TRUTH_CHECKS.get(name)
 
 
 def available_rewards() -> list[str]:

@@ -66,7 +66,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
     seed_everything(t.seed)
     # Generated data is written once per machine (local main), then read by every rank.
     with accelerator.local_main_process_first():
-        data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
+        data = prepare_data(cfg, out, write=accelerator.is_local_main_process, scored_by=cfg.reward.funcs)
     resume = resolve_resume(cfg, out)
     base_path = resolve_model_path(cfg.model.path, out)
     # Gradient checkpointing drops the KV cache the shared-prompt path is built on.
