@@ -6,6 +6,8 @@ import math
 from types import SimpleNamespace
 
 import pytest
+
+from vlmr1.errors import ModelFolderError
 import torch
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 
@@ -142,8 +144,11 @@ def test_load_adapter_picks_by_model_type(tiny_adapter, tiny_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model_type 'llava_next' has no adapter"):
         load_adapter(tmp_path)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ModelFolderError, match="missing: no such folder"):
         load_adapter(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFolderError, match="empty/config.json: not found"):
+        load_adapter(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------- prompt batches and log-probs

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import EMBEDDED, Config
-from .data.checks import RowChecker
+from .data.checks import RowChecker, long_prompts, prompt_limit
 from .data.jsonl import TASK_METHODS, Sample, load_samples
+from .errors import DataError
 from .data.synthetic import GENERATORS
 
 BASE_CHECKPOINT = Path(__file__).parent / "assets" / "base"
@@ -97,3 +98,26 @@ def prepare_data(cfg: Config, out: Path, write: bool = True, scored_by: list[str
             path = _synthetic(cfg, root, d.num_eval, split, seed, f"eval_{split}", False, write)
             evals[split] = _load(str(path), None, d.on_error, eval_check, None, skipped, split)
     return Data(train_samples, evals, skipped)
+
+
+def hold_to_context(cfg: Config, adapter, data: Data, max_new_tokens: int) -> None:
+    """Every prompt within ``data.max_prompt_length`` and the model's context less the tokens to
+    generate: a longer one raises its DataError, or under ``data.on_error=skip`` is dropped and
+    counted ("prompt too long" in ``data.skipped``). Needs the model's processor, so it runs once
+    the model has loaded, before the first step; every rank drops the same rows."""
+    limit, why = prompt_limit(adapter.model, cfg.data.max_prompt_length, max_new_tokens)
+    if limit is None:
+        return
+    for split, samples in [("train", data.train), *data.evals.items()]:
+        errors = long_prompts(adapter, samples, cfg.data.task, limit, why)
+        if not errors:
+            continue
+        first = errors[0][1]
+        if cfg.data.on_error == "raise":
+            raise first
+        bad = {id(s) for s, _ in errors}
+        samples[:] = [s for s in samples if id(s) not in bad]
+        if not samples:
+            raise DataError(f"every {split} prompt is too long; first: {first}")
+        data.skipped.setdefault(split, {})["prompt too long"] = len(errors)
+        print(f"warning: skipped {len(errors)} {split} rows whose prompts are too long (data.on_error=skip); first: {first}")

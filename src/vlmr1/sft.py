@@ -14,7 +14,7 @@ from .config import Config, ConfigError
 from .data.batch import make_batch
 from .data.order import DataOrder
 from .distributed import micro_batch
-from .embedded import prepare_data, resolve_model_path
+from .embedded import hold_to_context, prepare_data, resolve_model_path
 from .evaluate import flat_metrics, run_evals
 from .metrics import Timers
 from .models.loading import load_model
@@ -66,6 +66,7 @@ def _sft(cfg: Config) -> dict:
         data = prepare_data(cfg, out, write=accelerator.is_local_main_process)
     resume = resolve_resume(cfg, out)
     adapter = load_model(cfg, resume or resolve_model_path(cfg.model.path, out), fresh_lora=resume is None)
+    hold_to_context(cfg, adapter, data, cfg.rollout.max_completion_length)
     optimizer, scheduler = build_optimizer([p for p in adapter.model.parameters() if p.requires_grad], t)
     model, optimizer = accelerator.prepare(adapter.model, optimizer)
     state = load_trainer_state(resume, optimizer, scheduler) if resume is not None else {"step": 0}

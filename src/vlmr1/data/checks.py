@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import DataError
 from ..rewards.accuracy import DEFAULT_METHOD, method_reward
 from ..rewards.registry import truth_check
-from .jsonl import Sample
+from .jsonl import Sample, format_question
 
 MAX_ASPECT_RATIO = 200
 """Longest over shortest image side that every family takes: Qwen2-VL / 2.5-VL / 3-VL's resize
@@ -95,3 +95,38 @@ class RowChecker:
             raise DataError(f"{field}: not a readable image ({e})", "unreadable image") from None
         self._sizes[path] = (w, h)
         return w, h
+
+
+def context_length(model) -> int | None:
+    """The language model's context (``max_position_embeddings``), None where the config has none."""
+    config = model.config
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def prompt_limit(model, max_prompt_length: int | None, max_new_tokens: int) -> tuple[int | None, str]:
+    """The longest prompt allowed, and the settings it comes from (for the error message)."""
+    limits = []
+    if max_prompt_length is not None:
+        limits.append((max_prompt_length, f"data.max_prompt_length={max_prompt_length}"))
+    ctx = context_length(model)
+    if ctx is not None:
+        limits.append((ctx - max_new_tokens, f"the model's context {ctx} less {max_new_tokens} new tokens"))
+    return min(limits) if limits else (None, "")
+
+
+def long_prompts(adapter, samples: list[Sample], task: str, limit: int, why: str) -> list[tuple[Sample, DataError]]:
+    """(sample, DataError) for each sample whose prompt (``task``'s template applied, image tokens counted
+    from the checked image sizes) is longer than ``limit`` tokens, in sample order."""
+    errors = []
+    for start in range(0, len(samples), 256):
+        chunk = samples[start : start + 256]
+        lengths = adapter.prompt_lengths([format_question(task, s.problem) for s in chunk], [s.image_sizes for s in chunk])
+        for s, n in zip(chunk, lengths):
+            if n > limit:
+                errors.append((s, DataError(
+                    f"{s.source}: the prompt is {n} tokens (images included), above {limit} ({why}); shorten the "
+                    "question, lower model.max_pixels (fewer image tokens) or raise the limit",
+                    "prompt too long",
+                )))
+    return errors

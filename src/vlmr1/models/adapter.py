@@ -92,6 +92,10 @@ class VLMAdapter(Protocol):
         """The chat-templated prompt with ``n_images`` image placeholders unexpanded: what
         ``encode_prompts`` tokenises, and what an engine with its own processor (vLLM) expands."""
 
+    def prompt_lengths(self, problems: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
+        """Tokens ``encode_prompts`` would give each prompt (image tokens included) for images of
+        these (w, h) sizes, without the images: data loading holds every row to the context."""
+
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
         """Chat-format each problem (``prompt_text``) with its images in place and encode a left-padded batch."""
 
@@ -109,6 +113,16 @@ class VLMAdapter(Protocol):
 
     def save(self, out_dir: str | Path) -> None:
         """Write model and processor in HF format (safetensors)."""
+
+
+def encoded_prompt_lengths(adapter, problems: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
+    """``prompt_lengths`` for any family: encode each prompt with blank images of the given sizes
+    (exact, since the token count depends on an image's size only; costs the image preprocessing)."""
+    out = []
+    for problem, sizes in zip(problems, image_sizes):
+        enc = adapter.encode_prompts([problem], [[Image.new("RGB", size) for size in sizes]])
+        out.append(int(enc.attention_mask.sum()))
+    return out
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

@@ -13,10 +13,12 @@ adapters disabled, so no second copy of the weights is loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from ..errors import ModelFolderError
+from .folders import read_json
 
 LORA_CONFIG = "adapter_config.json"
 
@@ -35,9 +37,9 @@ def is_lora_checkpoint(path: str | Path) -> bool:
 
 def lora_base_path(path: str | Path) -> Path:
     """The base model a LoRA checkpoint was trained on (as peft recorded it)."""
-    base = json.loads((Path(path) / LORA_CONFIG).read_text()).get("base_model_name_or_path")
+    base = read_json(Path(path) / LORA_CONFIG, "").get("base_model_name_or_path")
     if not base or not Path(base).is_dir():
-        raise FileNotFoundError(f"{path}/{LORA_CONFIG}: base model {base!r} is not a local folder; pass model.path to it")
+        raise ModelFolderError(f"{path}/{LORA_CONFIG}: base model {base!r} is not a local folder; put the base model there or edit base_model_name_or_path")
     return Path(base)
 
 

@@ -37,7 +37,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil, get_optimal_tiled_canvas
 
-from .adapter import PromptBatch, encode_answers, stop_token_ids, user_content
+from ..errors import ConfigError
+from .adapter import PromptBatch, encode_answers, encoded_prompt_lengths, stop_token_ids, user_content
 from .processing import has_torchvision
 
 INTERNVL_MODEL_TYPES = {"internvl"}
@@ -126,10 +127,10 @@ class InternVLAdapter:
         image_kwargs = {k: v for k, v in image_kwargs.items() if v is not None}
         qwen_only = sorted(set(image_kwargs) & {"min_pixels", "max_pixels"})
         if qwen_only:
-            raise ValueError(f"{path}: InternVL sizes images in tiles; {qwen_only} apply to Qwen-VL only (use max_patches)")
+            raise ConfigError(f"{path}: InternVL sizes images in tiles; model.{qwen_only[0]} applies to Qwen-VL only (use model.max_patches)")
         unknown = sorted(set(image_kwargs) - {"min_patches", "max_patches"})
         if unknown:
-            raise ValueError(f"{path}: unknown InternVL image options {unknown} (known: min_patches, max_patches)")
+            raise ConfigError(f"{path}: unknown InternVL image options {unknown} (known: min_patches, max_patches)")
         processor = load_internvl_processor(path, **image_kwargs)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
         return cls(model, processor)
@@ -166,6 +167,9 @@ class InternVLAdapter:
     def prompt_text(self, problem: str, n_images: int) -> str:
         """The chat-templated prompt, image placeholders unexpanded (the processor expands each to its tiles' tokens)."""
         return self.processor.apply_chat_template(self.messages(problem, n_images), add_generation_prompt=True, tokenize=False)
+
+    def prompt_lengths(self, problems: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
+        return encoded_prompt_lengths(self, problems, image_sizes)  # tiles depend on the aspect ratio: encode
 
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
         texts = [self.prompt_text(p, len(ims)) for p, ims in zip(problems, images)]

@@ -6,12 +6,13 @@ and only this module imports the families.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from ..errors import ModelFolderError
 from . import finetune
+from .folders import check_lora_folder, check_model_files, folder_model_type
 from .adapter import VLMAdapter
 from .internvl import INTERNVL_MODEL_TYPES, InternVLAdapter
 from .qwen3_vl import QWEN3_MODEL_TYPES, Qwen3VLAdapter
@@ -28,10 +29,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def model_type(path: str | Path) -> str:
-    config = Path(path) / "config.json"
-    if not config.exists():
-        raise FileNotFoundError(f"{config}: not found; model.path must be a local HF checkpoint folder")
-    return json.loads(config.read_text()).get("model_type", "")
+    """The checkpoint's ``model_type`` (config.json read and checked)."""
+    return folder_model_type(path)
 
 
 def load_adapter(path: str | Path, dtype: torch.dtype = torch.float32, **image_kwargs) -> VLMAdapter:
@@ -43,8 +42,12 @@ def load_adapter(path: str | Path, dtype: torch.dtype = torch.float32, **image_k
     """
     kind = model_type(path)
     if kind not in ADAPTERS:
-        raise ValueError(f"{path}: model_type {kind!r} has no adapter (supported: {sorted(ADAPTERS)})")
-    return ADAPTERS[kind].load(path, dtype=dtype, **image_kwargs)
+        raise ModelFolderError(f"{Path(path) / 'config.json'}: model_type {kind!r} has no adapter (supported: {sorted(ADAPTERS)})")
+    check_model_files(path)
+    try:
+        return ADAPTERS[kind].load(path, dtype=dtype, **image_kwargs)
+    except OSError as e:  # a file transformers needs and the checks above do not know of
+        raise ModelFolderError(f"{path}: transformers could not load it: {str(e).splitlines()[0]}") from e
 
 
 def load_model(cfg, path, trainable: bool = True, fresh_lora: bool = False) -> VLMAdapter:
@@ -56,6 +59,8 @@ def load_model(cfg, path, trainable: bool = True, fresh_lora: bool = False) -> V
     """
     m = cfg.model
     lora = finetune.is_lora_checkpoint(path)
+    if lora:
+        check_lora_folder(path)
     base = finetune.lora_base_path(path) if lora else path
     image = {"min_pixels": m.min_pixels, "max_pixels": m.max_pixels, "max_patches": m.max_patches}
     adapter = load_adapter(base, dtype=DTYPES[m.dtype], **image)  # unset (None) options are dropped
@@ -69,6 +74,7 @@ def load_model(cfg, path, trainable: bool = True, fresh_lora: bool = False) -> V
 
 def merge_lora(path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write a full checkpoint (base + LoRA merged) that plain ``from_pretrained`` loads (``vlmr1 export``)."""
+    check_lora_folder(path)
     adapter = load_adapter(finetune.lora_base_path(path), dtype=dtype)
     finetune.load_lora(adapter, path, trainable=False)
     adapter.model = adapter.model.merge_and_unload()

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from ..errors import ConfigError
 from .adapter import PromptBatch, encode_answers, stop_token_ids, user_content
 from .processing import QwenImageOnlyProcessor, load_qwen_processor, save_qwen_processor
 
@@ -61,7 +62,7 @@ class QwenVLAdapter:
         image_kwargs = {k: v for k, v in image_kwargs.items() if v is not None}
         unknown = sorted(set(image_kwargs) - {"min_pixels", "max_pixels"})
         if unknown:
-            raise ValueError(f"{path}: Qwen-VL sizes images in pixels; {unknown} do not apply (use min_pixels/max_pixels)")
+            raise ConfigError(f"{path}: Qwen-VL sizes images in pixels; model.{unknown[0]} applies to InternVL only (use model.min_pixels/max_pixels)")
         processor = cls.load_processor(path, **image_kwargs)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
         return cls(model, processor)
@@ -96,6 +97,18 @@ class QwenVLAdapter:
     def prompt_text(self, problem: str, n_images: int) -> str:
         """The chat-templated prompt, image placeholders unexpanded (what the processor, or vLLM, expands)."""
         return self.processor.apply_chat_template(self.messages(problem, n_images), add_generation_prompt=True, tokenize=False)
+
+    def prompt_lengths(self, problems: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
+        """Text tokens of the templated prompt, each ``<|image_pad|>`` counted as the image's tokens:
+        its patches after Qwen's resize over the merge (what the processor expands it to)."""
+        ip = self.processor.image_processor
+        texts = [self.prompt_text(p, len(sizes)) for p, sizes in zip(problems, image_sizes)]
+        ids = self.tokenizer(texts)["input_ids"]
+
+        def image_tokens(w: int, h: int) -> int:
+            return ip.get_number_of_image_patches(h, w, {}) // ip.merge_size**2
+
+        return [len(t) + sum(image_tokens(w, h) - 1 for w, h in sizes) for t, sizes in zip(ids, image_sizes)]
 
     def encode_prompts(self, problems: list[str], images: list[list[Image.Image]]) -> PromptBatch:
         texts = [self.prompt_text(p, len(ims)) for p, ims in zip(problems, images)]

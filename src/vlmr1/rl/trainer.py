@@ -21,7 +21,7 @@ from ..config import Config
 from ..data.batch import Batch, make_batch
 from ..data.order import DataOrder
 from ..distributed import full_parameters
-from ..embedded import prepare_data, resolve_model_path
+from ..embedded import hold_to_context, prepare_data, resolve_model_path
 from ..evaluate import flat_metrics, run_evals
 from ..metrics import Timers
 from ..models.adapter import box_frames
@@ -75,6 +75,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
         engine = vllm_engine(cfg, accelerator, resume or base_path, data.train)
     engine = engine or HFEngine(shared_prompt)
     adapter = load_model(cfg, resume or base_path, fresh_lora=resume is None)
+    hold_to_context(cfg, adapter, data, cfg.rollout.max_completion_length)
     reward_funcs = resolve_rewards(cfg.reward.funcs, adapter.reward_overrides if cfg.reward.model_rewards else None)
     lora = is_peft(adapter.model)
     ref_model = reference_model(cfg, base_path, adapter.model, dev)
