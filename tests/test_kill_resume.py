@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlmr1.config import load_config
+from vlmr1.config import ConfigError, load_config
 from vlmr1.rl.trainer import train
 from vlmr1.checkpoints import STATE_FILE, complete_checkpoints, latest_checkpoint, resolve_resume, save_checkpoint
 
@@ -269,7 +269,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(reference,
     cfg = load_config(None, overrides(tiny_dir, reward_file, out, "train.resume=auto"))
     assert resolve_resume(cfg, out) == out / "checkpoint-1"
     cfg.train.resume = str(out / "checkpoint-5")
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
         resolve_resume(cfg, out)
 
     # In-process this time: the reference ran as a subprocess, so this also checks that both agree.

@@ -6,11 +6,10 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
-from vlmr1.errors import ModelFolderError
 import torch
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 
+from vlmr1.errors import ModelFolderError
 from vlmr1.models.adapter import PromptBatch
 from vlmr1.models.loading import load_adapter, model_type
 from vlmr1.models.processing import QwenImageOnlyProcessor, load_qwen_processor
@@ -142,7 +141,7 @@ def test_load_adapter_picks_by_model_type(tiny_adapter, tiny_dir, tmp_path):
     config = json.loads((tiny_dir / "config.json").read_text())
     config["model_type"] = "llava_next"
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="model_type 'llava_next' has no adapter"):
+    with pytest.raises(ModelFolderError, match="model_type 'llava_next' has no adapter"):
         load_adapter(tmp_path)
     with pytest.raises(ModelFolderError, match="missing: no such folder"):
         load_adapter(tmp_path / "missing")

@@ -261,7 +261,7 @@ def test_sft_loss_is_finite_and_decreases(tiny_dir, tmp_path):
     assert json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["step"] == 5
 
 
-def test_cli_rejects_bad_config_before_loading_anything(monkeypatch):
+def test_cli_rejects_bad_config_before_loading_anything(monkeypatch, capsys):
     def must_not_run(*args, **kwargs):
         raise AssertionError("training started despite an invalid config")
 
@@ -269,7 +269,8 @@ def test_cli_rejects_bad_config_before_loading_anything(monkeypatch):
     monkeypatch.setattr(loading_module, "load_adapter", must_not_run)
     with pytest.raises(SystemExit) as exc:
         main(["train", "rollout.group_size=1"])
-    assert "config error: rollout.group_size must be >= 2" in str(exc.value)
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == "vlmr1 train: error: rollout.group_size must be >= 2: group advantages need at least two samples\n"
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
 
 from .config import Config
+from .errors import ConfigError, ModelFolderError
+from .models.folders import read_json
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
@@ -84,19 +87,42 @@ def resolve_resume(cfg: Config, out: Path) -> Path | None:
     if cfg.train.resume == "auto":
         return latest_checkpoint(out)
     path = Path(cfg.train.resume)
+    if not path.is_dir():
+        raise ConfigError(f"train.resume={path}: no such folder (a checkpoint-N folder of a run, or auto)")
     if not (path / STATE_FILE).exists():
-        raise FileNotFoundError(f"train.resume={path}: not a complete checkpoint (no {STATE_FILE})")
+        raise ConfigError(f"train.resume={path}: not a complete checkpoint (no {STATE_FILE}); resume from an earlier checkpoint-N")
     return path
 
 
 def load_trainer_state(ckpt: Path, optimizer, scheduler) -> dict:
     """Restore optimizer, schedule and RNG from ``ckpt``; returns its trainer state (``step``, ...)."""
+    state = read_json(ckpt / STATE_FILE, "the checkpoint is incomplete")
+    if not isinstance(state.get("step"), int):
+        raise ModelFolderError(f"{ckpt / STATE_FILE}: no integer 'step'; the file is not a vlmr1 trainer state")
+    file = ckpt / OPTIM_FILE
+    if not file.is_file():
+        raise ModelFolderError(f"{file}: not found; the checkpoint is incomplete: resume from an earlier checkpoint-N")
     # weights_only: the file holds tensors and plain containers only, never arbitrary pickles.
-    blob = torch.load(ckpt / OPTIM_FILE, weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
+    try:
+        blob = torch.load(file, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelFolderError(
+            f"{file}: holds Python objects beyond tensors, which vlmr1 does not unpickle (that can run code); "
+            "it was not written by vlmr1: resume from a vlmr1 checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:  # torch's errors for a truncated or corrupt archive
+        raise ModelFolderError(f"{file}: unreadable ({str(e).splitlines()[0]}); resume from an earlier checkpoint-N") from None
+    if not (isinstance(blob, dict) and {"optimizer", "scheduler", "rng"} <= set(blob)):
+        raise ModelFolderError(f"{file}: not a vlmr1 optimizer state (expected optimizer, scheduler and rng entries)")
+    try:
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+    except (ValueError, KeyError) as e:  # torch: "loaded state dict contains a parameter group that doesn't match"
+        raise ModelFolderError(
+            f"{file}: does not fit this run's trainable parameters ({e}); resume with the settings the run started with"
+        ) from None
     torch.set_rng_state(blob["rng"])
-    return json.loads((ckpt / STATE_FILE).read_text())
+    return state
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -60,8 +60,9 @@ def cmd_sft(args: list[str]) -> None:
 
 
 def cmd_eval(argv: list[str]) -> None:
+    from .data.checks import RowChecker, long_prompts, prompt_limit
     from .data.jsonl import load_samples
-    from .embedded import file_methods, resolve_model_path
+    from .embedded import resolve_model_path
     from .evaluate import evaluate, print_metrics
     from .models.loading import load_adapter
 
@@ -86,16 +87,13 @@ def cmd_eval(argv: list[str]) -> None:
     p.add_argument("--format-reward", default=None, help="a registered reward also reported as format_rate (e.g. box_format, format)")
     p.add_argument("--out", default=None, help="folder for per-sample predictions (default: beside each data file)")
     a = p.parse_args(argv)
+    files, folders, methods = check_eval_args(a)
     adapter = load_adapter(resolve_model_path(a.model))
-    files = a.data.split(":")
-    folders = a.image_folders.split(":") if a.image_folders else [None] * len(files)
-    if len(folders) != len(files):
-        raise ArgumentError(f"--image-folders has {len(folders)} entries for {len(files)} --data files")
-    methods = file_methods(a.reward_methods, a.data, a.task)
-    if len(methods) != len(files):
-        raise ArgumentError(f"--reward-methods has {len(methods)} entries for {len(files)} --data files")
+    limit, why = prompt_limit(adapter.model, None, a.max_new_tokens)
     for file, folder, method in zip(files, folders, methods):
-        samples = load_samples(file, folder, reward_methods=[method]).samples[: a.limit]
+        samples = load_samples(file, folder, reward_methods=[method], check=RowChecker()).samples[: a.limit]
+        if limit is not None and (long := long_prompts(adapter, samples, a.task, limit, why)):
+            raise long[0][1]
         name = Path(file).stem
         out = Path(a.out) / f"{name}.predictions.jsonl" if a.out else Path(file).with_suffix(".predictions.jsonl")
         metrics = evaluate(
@@ -103,6 +101,46 @@ def cmd_eval(argv: list[str]) -> None:
         )
         print_metrics(name, metrics)
         print(f"predictions: {out}")
+
+
+def check_eval_args(a) -> tuple[list[str], list[str | None], list[str | None]]:
+    """``vlmr1 eval``'s arguments, checked before the model loads; returns the files, their image
+    folders and their reward methods, paired by position."""
+    from .data.jsonl import QUESTION_TEMPLATES
+    from .embedded import file_methods
+    from .rewards import get_reward
+    from .rewards.accuracy import method_reward
+
+    for flag, value in (("--batch-size", a.batch_size), ("--max-new-tokens", a.max_new_tokens), ("--limit", a.limit)):
+        if value is not None and value < 1:
+            raise ArgumentError(f"{flag} {value}: must be >= 1")
+    if a.task not in QUESTION_TEMPLATES:
+        raise ArgumentError(f"--task {a.task}: no such question template (known: {sorted(QUESTION_TEMPLATES)})")
+    lists = {}
+    for flag, value in (("--data", a.data), ("--image-folders", a.image_folders), ("--reward-methods", a.reward_methods)):
+        parts = value.split(":") if value is not None else None
+        if parts is not None and any(not p for p in parts):
+            raise ArgumentError(f"{flag} {value!r}: an entry is empty; give colon-separated entries (a.jsonl:b.jsonl)")
+        lists[flag] = parts
+    files = lists["--data"]
+    folders = lists["--image-folders"] or [None] * len(files)
+    if len(folders) != len(files):
+        raise ArgumentError(f"--image-folders has {len(folders)} entries for {len(files)} --data files")
+    methods = file_methods(a.reward_methods, a.data, a.task)
+    if len(methods) != len(files):
+        raise ArgumentError(f"--reward-methods has {len(methods)} entries for {len(files)} --data files")
+    for m in methods:
+        if m is not None:
+            try:
+                method_reward(m)
+            except ValueError as e:
+                raise ArgumentError(f"--reward-methods: {e}") from None
+    if a.format_reward is not None:
+        try:
+            get_reward(a.format_reward)
+        except (ValueError, OSError, AttributeError, TypeError, ImportError, SyntaxError) as e:
+            raise ArgumentError(f"--format-reward: {e}") from None
+    return files, folders, methods
 
 
 def cmd_data(argv: list[str]) -> None:
@@ -122,10 +160,28 @@ def cmd_data(argv: list[str]) -> None:
     p.add_argument("--max-objects", type=int, default=None, help="rec/det: most shapes per image")
     p.add_argument("--name", default=None, help="file stem (default: the split)")
     a = p.parse_args(argv)
+    check_data_args(a)
     kwargs = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects)) if v is not None}
-    if kwargs and a.task not in ("rec", "det"):
-        raise ArgumentError(f"--min-objects/--max-objects apply to rec and det, not {a.task}")
     print(GENERATORS[a.task](Path(a.out), a.n, a.split, seed=a.seed, name=a.name, **kwargs))
+
+
+def check_data_args(a) -> None:
+    """``vlmr1 data``'s counts: at least one sample, and scenes that fit the image."""
+    from .data.synthetic.rec import MAX_OBJECTS
+
+    if a.n < 1:
+        raise ArgumentError(f"--n {a.n}: give at least 1 sample")
+    if (a.min_objects is not None or a.max_objects is not None) and a.task not in ("rec", "det"):
+        raise ArgumentError(f"--min-objects/--max-objects apply to rec and det, not {a.task}")
+    lo, hi = a.min_objects or 1, a.max_objects or 4
+    extra = 2 if a.split == "ood" else 0  # out-of-domain scenes hold two more shapes
+    if not 1 <= lo <= hi:
+        raise ArgumentError(f"--min-objects {lo} --max-objects {hi}: need 1 <= min <= max")
+    if hi + extra > MAX_OBJECTS:
+        raise ArgumentError(
+            f"--max-objects {hi}: at most {MAX_OBJECTS - extra} for --split {a.split} (a 112 px scene takes about "
+            f"{MAX_OBJECTS} shapes{', and out-of-domain scenes add 2' if extra else ''})"
+        )
 
 
 def cmd_compare(argv: list[str]) -> None:
@@ -144,7 +200,12 @@ def cmd_compare(argv: list[str]) -> None:
     p.add_argument("--narrow-samples", type=int, default=256, help="default study: distinct training samples generated")
     p.add_argument("overrides", nargs="*", help="section.field=value, applied to both methods")
     a = p.parse_args(argv)
-    seeds = [int(s) for s in a.seeds.split(",") if s]
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ArgumentError(f"--seeds {a.seeds!r}: expected comma-separated integers (e.g. 0,1,2)") from None
+    if a.narrow_samples < 1:
+        raise ArgumentError(f"--narrow-samples {a.narrow_samples}: must be >= 1")
     study = build_study(Path(a.out), seeds, a.overrides, a.grpo, a.sft, a.narrow_samples)
     results = run_study(study)
     if not is_main_process():

@@ -209,6 +209,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.max_image_pixels >= 1, "data.max_image_pixels must be >= 1"),
         (cfg.data.max_prompt_length is None or cfg.data.max_prompt_length >= 1, "data.max_prompt_length must be >= 1 (or null)"),
         (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),
+        (cfg.data.max_objects <= 6, "data.max_objects must be <= 6: the out-of-domain split adds 2, and a 112 px scene takes about 8 shapes"),
         (4 <= cfg.data.min_size <= cfg.data.max_size <= 56, "data.min_size..max_size must lie in [4, 56] pixels"),
     ]
     for ok, message in checks:

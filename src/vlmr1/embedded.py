@@ -8,7 +8,7 @@ from pathlib import Path
 from .config import EMBEDDED, Config
 from .data.checks import RowChecker, long_prompts, prompt_limit
 from .data.jsonl import TASK_METHODS, Sample, load_samples
-from .errors import DataError
+from .errors import DataError, ModelFolderError
 from .data.synthetic import GENERATORS
 
 BASE_CHECKPOINT = Path(__file__).parent / "assets" / "base"
@@ -27,7 +27,7 @@ class Data:
 def resolve_model_path(path: str, out: Path | None = None) -> Path:
     if path == EMBEDDED:
         if not (BASE_CHECKPOINT / "config.json").exists():
-            raise FileNotFoundError(f"{BASE_CHECKPOINT}: the embedded base checkpoint is missing (see docs/base-checkpoint.md)")
+            raise ModelFolderError(f"{BASE_CHECKPOINT}: the embedded base checkpoint is missing; reinstall vlmr1 (see docs/base-checkpoint.md)")
         return BASE_CHECKPOINT
     if path == TINY_RANDOM:
         from .models.tiny import build_tiny

@@ -6,11 +6,20 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from ..errors import DataError
 from .jsonl import Sample, format_question
 
 
 def load_images(sample: Sample) -> list[Image.Image]:
-    return [Image.open(p).convert("RGB") for p in sample.images]
+    """The sample's images as RGB; one that became unreadable since the load-time check is a DataError."""
+    images = []
+    for p in sample.images:
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{sample.source}: field 'image': {p}: not readable any more ({e}); was it changed during the run?") from None
+    return images
 
 
 @dataclass

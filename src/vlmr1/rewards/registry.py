@@ -150,7 +150,7 @@ class RewardOutput:
     names: list[str]  # [n_rewards] column names of per_func, in the order of `funcs`
 
 
-def _check_values(name: str, values, n: int) -> list[float]:
+def _check_values(name: str, values, n: int, ids: list | None = None) -> list[float]:
     if not isinstance(values, (list, tuple)):
         raise RewardFunctionError(f"reward {name!r} returned {type(values).__name__}, expected a list of {n} values")
     if len(values) != n:
@@ -162,8 +162,9 @@ def _check_values(name: str, values, n: int) -> list[float]:
         elif isinstance(v, numbers.Real) and math.isfinite(v):  # numbers.Real covers numpy scalars
             out.append(float(v))
         else:
+            sample = f" (sample {ids[i]!r})" if ids is not None else ""
             raise RewardFunctionError(
-                f"reward {name!r} returned {v!r} at index {i}; expected a finite float/int, or None for 'not applicable'"
+                f"reward {name!r} returned {v!r} at index {i}{sample}; expected a finite float/int, or None for 'not applicable'"
             )
     return out
 
@@ -209,7 +210,7 @@ def compute_rewards(
         except Exception as e:  # re-raised, never swallowed: only the reward name and sample are added
             where = _failing_sample(funcs[name], completions, columns)
             raise RewardFunctionError(f"reward {name!r} raised {type(e).__name__}{where}: {e}") from e
-        cols.append(_check_values(name, values, n))
+        cols.append(_check_values(name, values, n, columns.get("sample_id")))
 
     per_func = torch.tensor(cols, dtype=torch.float32).reshape(len(names), n).T.contiguous()  # [N, n_rewards]
     w = torch.tensor(weights, dtype=torch.float32)  # [n_rewards]
