@@ -111,7 +111,8 @@ def load_trainer_state(ckpt: Path, optimizer, scheduler) -> dict:
             "it was not written by vlmr1: resume from a vlmr1 checkpoint"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:  # torch's errors for a truncated or corrupt archive
-        raise ModelFolderError(f"{file}: unreadable ({str(e).splitlines()[0]}); resume from an earlier checkpoint-N") from None
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise ModelFolderError(f"{file}: unreadable ({first}); resume from an earlier checkpoint-N") from None
     if not (isinstance(blob, dict) and {"optimizer", "scheduler", "rng"} <= set(blob)):
         raise ModelFolderError(f"{file}: not a vlmr1 optimizer state (expected optimizer, scheduler and rng entries)")
     try:

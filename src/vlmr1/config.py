@@ -176,6 +176,7 @@ def validate(cfg: Config) -> None:
             if typing.get_origin(hint) is Literal and getattr(values, name) not in typing.get_args(hint):
                 allowed = sorted(typing.get_args(hint))
                 raise ConfigError(f"{section.name}.{name}={getattr(values, name)!r}: expected one of {allowed}")
+    check_finite(cfg)  # first: NaN fails every comparison below, with a less clear message
     r, a, t = cfg.rollout, cfg.algo, cfg.train
     checks = [
         (r.group_size >= 2, "rollout.group_size must be >= 2: group advantages need at least two samples"),
@@ -242,7 +243,6 @@ def validate(cfg: Config) -> None:
     if (cfg.data.eval_image_folders is not None) and cfg.data.eval_files is None:
         raise ConfigError("data.eval_image_folders is set but data.eval_files is not")
     _validate_reward_methods(cfg.data)
-    check_finite(cfg)
     check_paths(cfg.data)
     check_applies(cfg)
     if r.engine == "vllm":

@@ -103,7 +103,7 @@ class QwenVLAdapter:
         its patches after Qwen's resize over the merge (what the processor expands it to)."""
         ip = self.processor.image_processor
         texts = [self.prompt_text(p, len(sizes)) for p, sizes in zip(problems, image_sizes)]
-        ids = self.tokenizer(texts)["input_ids"]
+        ids = self.tokenizer(texts, verbose=False)["input_ids"]  # too long is for the caller to say
 
         def image_tokens(w: int, h: int) -> int:
             return ip.get_number_of_image_patches(h, w, {}) // ip.merge_size**2
