@@ -189,6 +189,25 @@ def test_options_of_another_family_are_rejected(fam):
     load_adapter(path, **{k: None for k in spec.bad_option})  # None means "not set": accepted
 
 
+@pytest.mark.parametrize(
+    "problem,sizes",
+    [
+        ("the red circle", [(112, 112)]),  # the family's natural size
+        ("a <image> b", [(640, 480)]),  # resized down (Qwen) / tiled (InternVL)
+        ("x y z", [(37, 300)]),  # tall and narrow
+        ("no image at all", []),
+        ("Before: <image> After: <image> what changed?", [(112, 112), (200, 50)]),
+    ],
+)
+def test_prompt_lengths_without_images_equal_the_encoded_lengths(fam, problem, sizes):
+    # Data loading holds every prompt to the context by prompt_lengths, from image sizes alone;
+    # it must count exactly the tokens encode_prompts gives with real images of those sizes.
+    _, _, _, adapter = fam
+    images = [random_image(k, size) for k, size in enumerate(sizes)]
+    encoded = int(adapter.encode_prompts([problem], [images]).attention_mask.sum())
+    assert adapter.prompt_lengths([problem], [sizes]) == [encoded]
+
+
 # ---------------------------------------------------------------- rollouts and log-probs
 
 

@@ -493,3 +493,63 @@ def test_bad_input_is_one_clear_message(tmp_path, capsys, build):
 
 def test_the_corpus_has_at_least_100_cases():
     assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_skipped_rows_are_counted_by_reason_in_the_summary(tmp_path, capsys):
+    # Under data.on_error=skip every kind of bad row is dropped, counted by its reason, printed
+    # and written to summary.json: 6 good rows, 5 bad of 4 kinds.
+    w = World(tmp_path)
+    Image.new("RGB", (112, 112)).save(tmp_path / "cut.png")
+    truncate(tmp_path / "cut.png")
+    rows = [row(i) for i in range(1, 7)] + [
+        "{broken",  # invalid JSON
+        "[1]",  # invalid JSON (not an object)
+        row(9, image="cut.png"),  # unreadable image
+        row(10, conversations=[human(), gpt("[50, 50, 10, 10]")]),  # bad solution
+        row(11, accu_reward_method="nope"),  # unknown reward method
+    ]
+    main(w.train(w.jsonl(*rows), "data.on_error=skip"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_rows"] == {
+        "train": {"invalid JSON": 2, "unreadable image": 1, "bad solution": 1, "unknown reward method": 1}
+    }
+    assert "skipped 5 bad rows" in capsys.readouterr().out
+
+
+def test_prompts_too_long_are_a_counted_skip(tmp_path):
+    # The embedded base's prompt for "the red circle" with one 112 px image is 45 tokens (16 of
+    # them the image's); a longer question pushes rows 2 and 3 over data.max_prompt_length=50.
+    w = World(tmp_path)
+    long_question = human("<image>the red circle " + "and the blue square " * 5)
+    data = w.jsonl(row(1), row(2, conversations=[long_question, gpt()]), row(3, conversations=[long_question, gpt()]), row(4))
+    main(w.train(data, "data.on_error=skip", "data.max_prompt_length=50"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_rows"] == {"train": {"prompt too long": 2}}
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    from vlmr1.data import load_samples
+
+    w = World(tmp_path)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(row(1)).encode() + b"\n" + json.dumps(row(2)).encode() + b"\n")
+    assert [s.id for s in load_samples(str(path)).samples] == ["s1", "s2"]
+    assert w  # the world wrote the images the rows name
+
+
+def test_our_own_bugs_keep_their_traceback(monkeypatch, tmp_path):
+    import vlmr1.rl.trainer as trainer_module
+
+    def bug(*args, **kwargs):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(trainer_module, "train", bug)
+    with pytest.raises(KeyError, match="an internal bug"):  # not turned into a one-line message
+        main(["train", f"train.output_dir={tmp_path}"])
+
+
+def test_traceback_flag_shows_where_a_user_error_was_raised():
+    from vlmr1.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.group_size must be >= 2"):
+        main(["--traceback", "train", "rollout.group_size=1"])

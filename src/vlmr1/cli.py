@@ -88,10 +88,11 @@ def cmd_eval(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="folder for per-sample predictions (default: beside each data file)")
     a = p.parse_args(argv)
     files, folders, methods = check_eval_args(a)
+    check = RowChecker()  # every row of every file checked before the model loads
+    splits = [load_samples(f, d, reward_methods=[m], check=check).samples[: a.limit] for f, d, m in zip(files, folders, methods)]
     adapter = load_adapter(resolve_model_path(a.model))
     limit, why = prompt_limit(adapter.model, None, a.max_new_tokens)
-    for file, folder, method in zip(files, folders, methods):
-        samples = load_samples(file, folder, reward_methods=[method], check=RowChecker()).samples[: a.limit]
+    for file, samples in zip(files, splits):
         if limit is not None and (long := long_prompts(adapter, samples, a.task, limit, why)):
             raise long[0][1]
         name = Path(file).stem
