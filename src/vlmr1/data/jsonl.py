@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple
 
 from ..errors import DataError
@@ -174,13 +174,12 @@ def load_samples(
     for path, folder, method in zip(files, folders, methods):
         n_rows = 0
         for lineno, line in _lines(path):
-            if isinstance(line, DataError) or line.strip():
-                n_rows += 1
+            if isinstance(line, str) and not line.strip():
+                continue
+            n_rows += 1
             try:
-                if isinstance(line, DataError):
+                if isinstance(line, DataError):  # the line's bytes are not UTF-8
                     raise line
-                if not line.strip():
-                    continue
                 sample = parse_row(line, f"{path}:{lineno}", folder, check_images, method)
                 if check is not None:
                     check(sample)
@@ -212,19 +211,19 @@ def _lines(path: str):
     if not os.path.isfile(path):
         raise DataError(f"{path}: data file not found")
     with open(path, "rb") as f:
-        raw = f.read()
-    if raw.startswith(_UTF16_32_BOMS):
-        raise DataError(f"{path}: the file is UTF-16 or UTF-32 text; save it as UTF-8 (one JSON object per line)")
-    raw = raw.removeprefix(b"\xef\xbb\xbf")
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            yield lineno, line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            bad = line[e.start : e.start + 4]
-            yield lineno, DataError(
-                f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line: {bad!r}); save the file as UTF-8",
-                "not UTF-8",
-            )
+        for lineno, line in enumerate(f, start=1):
+            if lineno == 1:
+                if line.startswith(_UTF16_32_BOMS):
+                    raise DataError(f"{path}: the file is UTF-16 or UTF-32 text; save it as UTF-8 (one JSON object per line)")
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            try:
+                yield lineno, line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = line[e.start : e.start + 4]
+                yield lineno, DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line: {bad!r}); save the file as UTF-8",
+                    "not UTF-8",
+                )
 
 
 _THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> </answer> tags."
