@@ -381,6 +381,31 @@ def test_generation_config_carries_every_sampling_option(tiny_adapter, make_imag
     assert passed.eos_token_id == a.eos_token_ids and passed.pad_token_id == a.pad_token_id
 
 
+def test_greedy_generate_is_silent_and_ignores_the_checkpoints_sampling(tiny_adapter, make_image, caplog):
+    # Qwen2.5-VL's generation_config.json asks for near-greedy sampling (top_k 1, top_p 0.001,
+    # temperature 0.1). Greedy evaluation must neither sample from it nor have transformers warn
+    # about unused sampling flags on every call (it did: top_k=0 and min_p=0.0 looked set).
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    a = tiny_adapter
+    prompts = _rollout_prompts(a, make_image, G=1)
+    saved = a.model.generation_config.to_dict()
+    hf_logging.enable_propagation()
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: start afresh
+    try:
+        with caplog.at_level(logging.WARNING):
+            plain = generate(a.model, a, prompts, Sampling(max_new_tokens=6, do_sample=False)).completion_ids
+            a.model.generation_config.update(do_sample=True, top_k=1, top_p=0.001, temperature=0.1)
+            again = generate(a.model, a, prompts, Sampling(max_new_tokens=6, do_sample=False)).completion_ids
+    finally:
+        a.model.generation_config.update(**saved)
+        hf_logging.disable_propagation()
+    assert torch.equal(again, plain)
+    assert not [r for r in caplog.records if "generation flags are not valid" in r.getMessage()]
+
+
 def test_repetition_penalty_reaches_decoding(tiny_adapter, make_image):
     a = tiny_adapter
     prompts = _rollout_prompts(a, make_image, G=1)

@@ -76,14 +76,18 @@ def generation_config(s: Sampling, eos_ids: list[int], pad_id: int, suppress: li
     (Qwen2.5-VL ships top_k=1, top_p=0.001, temperature=0.1), which would silently turn
     "no top-k" into greedy decoding. So "off" is spelled as the neutral value, never None.
     """
+    # Greedy decoding reads no sampling option; they are left at GenerationConfig's own defaults
+    # (top_k 50, min_p None), which transformers neither fills from the checkpoint nor warns
+    # about ("generation flags are not valid") on every call.
+    sample = s.do_sample
     return GenerationConfig(
         max_new_tokens=s.max_new_tokens,
         min_new_tokens=0,
-        do_sample=s.do_sample,
-        temperature=s.temperature if s.do_sample else 1.0,
-        top_p=s.top_p if s.do_sample else 1.0,
-        top_k=s.top_k if s.do_sample else 0,  # 0 disables top-k in transformers
-        min_p=0.0,
+        do_sample=sample,
+        temperature=s.temperature if sample else 1.0,
+        top_p=s.top_p if sample else 1.0,
+        top_k=s.top_k if sample else 50,  # sampling: 0 disables top-k in transformers
+        min_p=0.0 if sample else None,
         typical_p=1.0,
         repetition_penalty=s.repetition_penalty,
         no_repeat_ngram_size=0,
