@@ -145,8 +145,13 @@ def test_build_offline_and_load_by_model_type(fam):
     name, spec, path, adapter = fam
     assert model_type(path) == name
     assert type(adapter) is spec.adapter and type(adapter.model) is spec.model
-    # The folder names the stock processors, so it loads with them wherever torchvision exists.
-    assert json.loads((path / "processor_config.json").read_text())["processor_class"] == spec.processor
+    # The folder names the stock processors, so it loads with them wherever torchvision exists,
+    # in the Hub's layout: the image processor in preprocessor_config.json (transformers 4.x and
+    # vLLM read it there), no loading flags in tokenizer_config.json.
+    assert json.loads((path / "preprocessor_config.json").read_text())["processor_class"] == spec.processor
+    nested = path / "processor_config.json"
+    assert not nested.exists() or "image_processor" not in json.loads(nested.read_text())
+    assert not {"is_local", "local_files_only"} & set(json.loads((path / "tokenizer_config.json").read_text()))
     video = json.loads((path / "video_preprocessor_config.json").read_text())
     assert video["video_processor_type"] == spec.video_processor
     # Vision tower and projector are found by name and do not overlap.
@@ -282,7 +287,7 @@ def test_repeat_and_slice_prompts_keep_each_rows_logprobs(fam):
 def test_save_then_reload_gives_identical_logprobs(fam, tmp_path):
     name, spec, _, a = fam
     a.save(tmp_path)
-    assert json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == spec.processor
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["processor_class"] == spec.processor
     b = load_adapter(tmp_path)
     b.model.eval()
     assert type(b) is type(a) and model_type(tmp_path) == name

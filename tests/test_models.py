@@ -444,3 +444,14 @@ def test_training_logprobs_match_what_generate_sampled_from(tiny_adapter, make_i
     sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # [N, Lc, V]
     expected = sampled.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
     close(_logprobs(a, prompts, ids, mask) * mask, expected)
+
+
+def test_pixel_bounds_go_into_the_image_processors_size(tiny_dir):
+    # transformers deprecates min_pixels / max_pixels as arguments; the bounds live in
+    # size = {shortest_edge, longest_edge} (pixels). The tiny base saves 3136 .. 12544.
+    both = load_qwen_processor(tiny_dir, min_pixels=1000, max_pixels=6272).image_processor.size
+    assert (both.shortest_edge, both.longest_edge) == (1000, 6272)
+    one = load_qwen_processor(tiny_dir, max_pixels=6272).image_processor.size
+    assert (one.shortest_edge, one.longest_edge) == (3136, 6272)  # the other bound as saved
+    saved = load_qwen_processor(tiny_dir).image_processor.size
+    assert (saved.shortest_edge, saved.longest_edge) == (3136, 12544)

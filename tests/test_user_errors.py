@@ -435,7 +435,7 @@ CASES = [
     ("model weights garbage", model_case(lambda m: write(m / "model.safetensors", "x") or m / "model.safetensors", "not a safetensors file")),
     ("model shard missing", model_case(lambda m: ((m / "model.safetensors").unlink(), write(m / "model.safetensors.index.json", json.dumps({"weight_map": {"a": "model-1.safetensors"}})))[-1] or m / "model-1.safetensors", "not found")),
     ("model tokenizer missing", model_case(lambda m: (m / "tokenizer.json").unlink(), "no tokenizer")),
-    ("model processor config missing", model_case(lambda m: (m / "processor_config.json").unlink(), "no image processor config")),
+    ("model processor config missing", model_case(lambda m: (m / "preprocessor_config.json").unlink(), "no image processor config")),
     ("model tokenizer config corrupt", model_case(lambda m: write(m / "tokenizer_config.json", "{") or m / "tokenizer_config.json", "not valid JSON")),
     ("lora base missing", lora_without_base),
     ("lora weights missing", lora_missing_weights),

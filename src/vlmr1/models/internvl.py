@@ -39,7 +39,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 
 from ..errors import ConfigError
 from .adapter import PromptBatch, encode_answers, encoded_prompt_lengths, stop_token_ids, user_content
-from .processing import has_torchvision
+from .processing import has_torchvision, hub_layout
 
 INTERNVL_MODEL_TYPES = {"internvl"}
 # The tokenizer's named vision tokens (``tokenizer.start_image_token`` etc.), as in InternVL3-hf.
@@ -90,6 +90,7 @@ def save_internvl_processor(processor, out_dir: str | Path) -> None:
     """Save so that the folder loads with the stock ``InternVLProcessor`` wherever torchvision is present."""
     out_dir = Path(out_dir)
     processor.save_pretrained(out_dir)
+    hub_layout(out_dir)
     if not isinstance(processor, InternVLImageOnlyProcessor):
         return
     for file in out_dir.glob("*.json"):

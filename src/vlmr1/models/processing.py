@@ -45,16 +45,32 @@ class QwenImageOnlyProcessor(Qwen2_5_VLProcessor):
         return super().__call__(images=images, text=text, **kwargs)
 
 
-def load_qwen_processor(path: str | Path, **image_kwargs):
-    """The stock processor when torchvision works, else the image-only one from the same files.
+def pixel_bounds(image_processor_cls, path: Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The image processor saved at ``path``, with its pixel bounds replaced where given.
 
-    ``image_kwargs`` (e.g. ``min_pixels``/``max_pixels``) override the saved image settings.
-    """
+    transformers deprecates the ``min_pixels``/``max_pixels`` arguments: Qwen's image processors
+    keep the bounds as ``size = {shortest_edge, longest_edge}`` (in pixels, not edges), so the
+    given bounds go in there, the other one kept as saved."""
+    ip = image_processor_cls.from_pretrained(path, local_files_only=True)
+    if min_pixels is None and max_pixels is None:
+        return ip
+    size = {
+        "shortest_edge": ip.size.shortest_edge if min_pixels is None else min_pixels,
+        "longest_edge": ip.size.longest_edge if max_pixels is None else max_pixels,
+    }
+    return image_processor_cls.from_pretrained(path, local_files_only=True, size=size)
+
+
+def load_qwen_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The stock processor when torchvision works, else the image-only one from the same files;
+    ``min_pixels`` / ``max_pixels`` (None: as saved) bound the resized image's area."""
     path = Path(path)
     if has_torchvision():
-        return AutoProcessor.from_pretrained(path, local_files_only=True, **image_kwargs)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        processor.image_processor = pixel_bounds(type(processor.image_processor), path, min_pixels, max_pixels)
+        return processor
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True, **image_kwargs)
+    image_processor = pixel_bounds(Qwen2VLImageProcessorPil, path, min_pixels, max_pixels)
     chat_template = None
     template_file = path / "chat_template.jinja"
     if template_file.exists():
@@ -62,6 +78,34 @@ def load_qwen_processor(path: str | Path, **image_kwargs):
     elif (path / "chat_template.json").exists():
         chat_template = json.loads((path / "chat_template.json").read_text())["chat_template"]
     return QwenImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+LOADING_ONLY_KEYS = ("is_local", "local_files_only")
+"""tokenizer_config.json entries transformers records from how the tokenizer was loaded, not what it is."""
+
+
+def hub_layout(out_dir: str | Path) -> None:
+    """Rewrite a saved processor into the layout of Hub checkpoints, which other readers
+    (transformers 4.x, vLLM, the Hub viewer) expect: the image processor in
+    ``preprocessor_config.json`` (transformers 5 nests it in ``processor_config.json``), and a
+    ``tokenizer_config.json`` without the loading flags transformers leaks into it."""
+    out_dir = Path(out_dir)
+    proc_file = out_dir / "processor_config.json"
+    if proc_file.exists():
+        proc = json.loads(proc_file.read_text())
+        image = proc.pop("image_processor", None)
+        if image is not None:
+            if proc.get("processor_class"):
+                image.setdefault("processor_class", proc["processor_class"])
+            (out_dir / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+        if set(proc) <= {"processor_class"}:  # nothing else in it: the Hub layout has no such file
+            proc_file.unlink()
+        else:
+            proc_file.write_text(json.dumps(proc, indent=2))
+    tok_file = out_dir / "tokenizer_config.json"
+    if tok_file.exists():
+        tok = json.loads(tok_file.read_text())
+        tok_file.write_text(json.dumps({k: v for k, v in tok.items() if k not in LOADING_ONLY_KEYS}, indent=2))
 
 
 def save_qwen_processor(processor, out_dir: str | Path) -> None:
@@ -72,6 +116,7 @@ def save_qwen_processor(processor, out_dir: str | Path) -> None:
     """
     out_dir = Path(out_dir)
     processor.save_pretrained(out_dir)
+    hub_layout(out_dir)
     if not isinstance(processor, QwenImageOnlyProcessor):
         return
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from transformers import Qwen3VLProcessor
 
-from .processing import QwenImageOnlyProcessor, load_qwen_processor
+from .processing import QwenImageOnlyProcessor, hub_layout, load_qwen_processor
 from .qwen_vl import QwenVLAdapter, name_processor_class
 
 QWEN3_MODEL_TYPES = {"qwen3_vl"}
@@ -61,6 +61,7 @@ def save_qwen3_processor(processor, out_dir: str | Path) -> None:
     """Save so that the folder loads with the stock ``Qwen3VLProcessor`` wherever torchvision is present."""
     out_dir = Path(out_dir)
     processor.save_pretrained(out_dir)
+    hub_layout(out_dir)
     if not isinstance(processor, Qwen3ImageOnlyProcessor):
         return
     name_processor_class(out_dir, "Qwen3VLProcessor")
