@@ -59,64 +59,125 @@ def cmd_sft(args: list[str]) -> None:
     print(f"summary: {cfg.train.output_dir}/summary.json")
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The options ``vlmr1 eval`` and ``vlmr1 infer`` share: which checkpoint, how it runs."""
+    from .infer import DTYPE_CHOICES
+
+    p.add_argument("--model", default="embedded", help="checkpoint folder (default: the embedded base)")
+    p.add_argument("--task", default="rec", help="question template (see vlmr1.data.jsonl.QUESTION_TEMPLATES; default rec)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="parameter dtype (auto: bfloat16 on an accelerator, float32 on the CPU)")
+    p.add_argument("--min-pixels", type=int, default=None, help="Qwen-VL: smallest image area after resize (default: the checkpoint's)")
+    p.add_argument("--max-pixels", type=int, default=None, help="Qwen-VL: largest image area after resize (default: the checkpoint's)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="most tokens per answer (default: the task's, vlmr1.data.jsonl.ANSWER_TOKENS: 24 for rec, "
+                   "1024 for the <think> templates)")
+
+
+def _check_model_args(a) -> None:
+    from .data.jsonl import ANSWER_TOKENS
+
+    if a.task not in ANSWER_TOKENS:
+        raise ArgumentError(f"--task {a.task}: no such question template (known: {sorted(ANSWER_TOKENS)})")
+    if a.max_new_tokens is None:
+        a.max_new_tokens = ANSWER_TOKENS[a.task]
+    for flag, value in (("--max-new-tokens", a.max_new_tokens), ("--min-pixels", a.min_pixels), ("--max-pixels", a.max_pixels)):
+        if value is not None and value < 1:
+            raise ArgumentError(f"{flag} {value}: must be >= 1")
+    if a.min_pixels is not None and a.max_pixels is not None and a.min_pixels > a.max_pixels:
+        raise ArgumentError(f"--min-pixels {a.min_pixels} is above --max-pixels {a.max_pixels}")
+
+
 def cmd_eval(argv: list[str]) -> None:
+    from tqdm.auto import tqdm
+
     from .data.checks import RowChecker, long_prompts, prompt_limit
     from .data.jsonl import load_samples
     from .embedded import resolve_model_path
     from .evaluate import evaluate, print_metrics
-    from .models.loading import load_adapter
+    from .infer import load_for_inference
 
     p = argparse.ArgumentParser(
         prog="vlmr1 eval",
         description="Greedy evaluation of any task (REC, detection, math/counting, GUI defects), "
-        "chosen per sample by its accu_reward_method; each data file is one split.",
+        "chosen per sample by its accu_reward_method; each data file is one split. Runs on the "
+        "accelerator accelerate finds (CUDA, NPU, XPU, MPS), else the CPU.",
     )
-    p.add_argument("--model", default="embedded", help="checkpoint folder (default: the embedded base)")
+    _model_args(p)
     p.add_argument("--data", required=True, help="colon-separated VLM-R1 JSONL files, each scored as its own split")
     p.add_argument("--image-folders", default=None, help="colon-separated image folders paired with --data")
-    p.add_argument("--task", default="rec", help="question template (see vlmr1.data.jsonl.QUESTION_TEMPLATES)")
     p.add_argument(
         "--reward-methods",
         default=None,
         help="colon-separated accuracy methods paired with --data, for rows without accu_reward_method "
         "(default: rec for the rec/rec_think tasks, else default)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--batch-size", type=int, default=64, help="prompts decoded together (default 64)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples of each file")
     p.add_argument("--format-reward", default=None, help="a registered reward also reported as format_rate (e.g. box_format, format)")
     p.add_argument("--out", default=None, help="folder for per-sample predictions (default: beside each data file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     files, folders, methods = check_eval_args(a)
     check = RowChecker()  # every row of every file checked before the model loads
     splits = [load_samples(f, d, reward_methods=[m], check=check).samples[: a.limit] for f, d, m in zip(files, folders, methods)]
-    adapter = load_adapter(resolve_model_path(a.model))
+    adapter = load_for_inference(resolve_model_path(a.model), a.dtype, a.min_pixels, a.max_pixels)
     limit, why = prompt_limit(adapter.model, None, a.max_new_tokens)
     for file, samples in zip(files, splits):
         if limit is not None and (long := long_prompts(adapter, samples, a.task, limit, why)):
             raise long[0][1]
         name = Path(file).stem
         out = Path(a.out) / f"{name}.predictions.jsonl" if a.out else Path(file).with_suffix(".predictions.jsonl")
-        metrics = evaluate(
-            adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out, format_reward=a.format_reward
-        )
+        with tqdm(total=len(samples), desc=f"eval {name}", disable=a.no_progress, leave=False) as bar:
+            metrics = evaluate(
+                adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens,
+                predictions=out, progress=bar, format_reward=a.format_reward,
+            )
         print_metrics(name, metrics)
         print(f"predictions: {out}")
+
+
+def cmd_infer(argv: list[str]) -> None:
+    from .embedded import resolve_model_path
+    from .infer import answer, draw_answer, load_for_inference
+
+    p = argparse.ArgumentParser(
+        prog="vlmr1 infer",
+        description="Ask a checkpoint about your own images: prints the answer, and for an answer with "
+        "boxes writes a PNG with them drawn on the image(s). Greedy decoding, on the accelerator "
+        "accelerate finds, else the CPU.",
+    )
+    _model_args(p)
+    p.add_argument("--image", action="append", default=[], required=True,
+                   help="an image file; repeat for several, in the order the prompt's <image> placeholders take them")
+    p.add_argument("--prompt", required=True, help='the question, e.g. "the red cup on the left" (the task template is applied)')
+    p.add_argument("--out", default=None, help="PNG with the boxes drawn (default: <first image>.boxes.png in this folder)")
+    a = p.parse_args(argv)
+    _check_model_args(a)
+    n = a.prompt.count("<image>")
+    if n and n != len(a.image):
+        raise ArgumentError(f"--prompt has {n} <image> placeholders for {len(a.image)} --image files")
+    adapter = load_for_inference(resolve_model_path(a.model), a.dtype, a.min_pixels, a.max_pixels)
+    result = answer(adapter, a.image, a.prompt, a.task, a.max_new_tokens)
+    print(result.text)
+    if result.boxes:
+        out = Path(a.out) if a.out else Path(f"{Path(a.image[0]).stem}.boxes.png")
+        for box, label in result.boxes:
+            print(f"box {[round(v, 1) for v in box]}" + (f" {label}" if label else "") + " (pixels of the first image)")
+        print(f"boxes drawn: {draw_answer(a.image, result.boxes, out)}")
 
 
 def check_eval_args(a) -> tuple[list[str], list[str | None], list[str | None]]:
     """``vlmr1 eval``'s arguments, checked before the model loads; returns the files, their image
     folders and their reward methods, paired by position."""
-    from .data.jsonl import QUESTION_TEMPLATES
     from .embedded import file_methods
     from .rewards import get_reward
     from .rewards.accuracy import method_reward
 
-    for flag, value in (("--batch-size", a.batch_size), ("--max-new-tokens", a.max_new_tokens), ("--limit", a.limit)):
+    _check_model_args(a)
+    for flag, value in (("--batch-size", a.batch_size), ("--limit", a.limit)):
         if value is not None and value < 1:
             raise ArgumentError(f"{flag} {value}: must be >= 1")
-    if a.task not in QUESTION_TEMPLATES:
-        raise ArgumentError(f"--task {a.task}: no such question template (known: {sorted(QUESTION_TEMPLATES)})")
     lists = {}
     for flag, value in (("--data", a.data), ("--image-folders", a.image_folders), ("--reward-methods", a.reward_methods)):
         parts = value.split(":") if value is not None else None
@@ -254,6 +315,7 @@ COMMANDS = {
     "train": (cmd_train, "GRPO training: vlmr1 train [config.yaml] [section.field=value ...]"),
     "sft": (cmd_sft, "supervised fine-tuning: vlmr1 sft [config.yaml] [section.field=value ...]"),
     "eval": (cmd_eval, "greedy evaluation of a checkpoint: vlmr1 eval --model DIR --data a.jsonl[:b.jsonl]"),
+    "infer": (cmd_infer, "answer a question about your own images: vlmr1 infer --model DIR --image a.png --prompt '...'"),
     "data": (cmd_data, "generate synthetic task data"),
     "compare": (cmd_compare, "GRPO vs SFT over seeds, in and out of domain: vlmr1 compare [--seeds 0,1,2] [key=value ...]"),
     "export": (cmd_export, "merge a LoRA checkpoint into a full one: vlmr1 export CKPT --out DIR --merge-lora"),

@@ -59,7 +59,7 @@ def sft(cfg: Config) -> dict:
 
 def _sft(cfg: Config) -> dict:
     out = make_run_dir(cfg, "sft")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator()  # its own device choice: CUDA, NPU, XPU, MPS, else the CPU
     main, t = accelerator.is_main_process, cfg.train
     seed_everything(t.seed)
     with accelerator.local_main_process_first():

@@ -240,6 +240,13 @@ QUESTION_TEMPLATES: dict[str, str] = {
 }
 
 
+ANSWER_TOKENS: dict[str, int] = {"rec": 24, "det": 96, "count": 8, "gui": 40, "rec_think": 1024, "default": 1024}
+"""Question template -> new tokens an answer needs (``vlmr1 eval``'s default --max-new-tokens): the
+bare answers of the tiny model's templates as its recipes (configs/tasks/) allow them; a
+``<think>`` template VLM-R1's 1024, as a reasoning answer cut short scores nothing."""
+assert set(ANSWER_TOKENS) == set(QUESTION_TEMPLATES)
+
+
 TASK_METHODS: dict[str, str] = {"rec": "rec", "rec_think": "rec"}
 """Question template -> the accuracy method of rows that name none (and whose file has no
 ``data.reward_methods`` entry): REC rows are scored by IoU, as VLM-R1's REC script does. Other

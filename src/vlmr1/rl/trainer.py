@@ -59,7 +59,7 @@ def train(cfg: Config, engine: RolloutEngine | None = None) -> dict:
 
 def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
     out = make_run_dir(cfg, "grpo")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator()  # its own device choice: CUDA, NPU, XPU, MPS, else the CPU
     main, rank, dev = accelerator.is_main_process, accelerator.process_index, accelerator.device
     r, a, t = cfg.rollout, cfg.algo, cfg.train
     G = r.group_size
