@@ -2,6 +2,7 @@
 log-probs and rollouts. Everything runs on the session's tiny random model (conftest.py)."""
 
 import json
+import os
 import math
 from types import SimpleNamespace
 
@@ -455,3 +456,29 @@ def test_pixel_bounds_go_into_the_image_processors_size(tiny_dir):
     assert (one.shortest_edge, one.longest_edge) == (3136, 6272)  # the other bound as saved
     saved = load_qwen_processor(tiny_dir).image_processor.size
     assert (saved.shortest_edge, saved.longest_edge) == (3136, 12544)
+
+
+def test_a_torchvision_that_does_not_import_is_hidden_with_one_warning(tmp_path):
+    # PyPI's torchvision wheels are CUDA builds: beside the CPU torch they install but fail to
+    # import, and transformers (which only checks that the package exists) then failed at
+    # `from transformers import AutoProcessor`. A stand-in package that fails the same way:
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise OSError("libc10_cuda.so: cannot open shared object file")\n')
+    code = (
+        "from vlmr1.embedded import BASE_CHECKPOINT\n"
+        "from vlmr1.models.loading import load_adapter\n"
+        "from PIL import Image\n"
+        "a = load_adapter(BASE_CHECKPOINT)\n"
+        "p = a.encode_prompts(['the red circle'], [[Image.new('RGB', (112, 112))]])\n"
+        "print(type(a.processor).__name__, int(p.attention_mask.sum()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(fake.parent), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["QwenImageOnlyProcessor", "45"]  # the prompt as without torchvision
+    warnings = [line for line in run.stderr.splitlines() if "torchvision" in line]
+    assert len(warnings) == 1 and "libc10_cuda.so" in warnings[0] and warnings[0].startswith("vlmr1: warning:")
