@@ -39,7 +39,9 @@ def test_model_goes_to_accelerates_device_in_the_dtype_asked():
 def test_trainers_let_accelerate_choose_the_device(monkeypatch, tmp_path):
     # Accelerator(cpu=not torch.cuda.is_available()) forced the CPU on NPU, XPU and MPS machines.
     import vlmr1.rl.trainer as trainer
+    import vlmr1.run as run
     import vlmr1.sft as sft
+    from vlmr1.config import load_config
 
     seen = []
 
@@ -48,14 +50,15 @@ def test_trainers_let_accelerate_choose_the_device(monkeypatch, tmp_path):
             seen.append(kwargs)
             raise RuntimeError("stop here")
 
-    for module in (trainer, sft):
-        monkeypatch.setattr(module, "Accelerator", Spy)
-    for run in (trainer.train, sft.sft):
-        from vlmr1.config import load_config
-
+    monkeypatch.setattr(run, "Accelerator", Spy)
+    for train in (trainer.train, sft.sft):
         with pytest.raises(RuntimeError, match="stop here"):
-            run(load_config(None, [f"train.output_dir={tmp_path}"]))
-    assert seen == [{}, {}]
+            train(load_config(None, [f"train.output_dir={tmp_path}"]))
+    assert len(seen) == 2 and all("cpu" not in kwargs and not args_force_cpu(kwargs) for kwargs in seen)
+
+
+def args_force_cpu(kwargs: dict) -> bool:
+    return bool(kwargs.get("cpu")) or kwargs.get("device_placement") is False
 
 
 def test_answer_budget_defaults_to_the_task():

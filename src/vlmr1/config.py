@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config_checks import check_applies, check_finite, check_paths
+from .config_checks import check_applies, check_finite, check_paths, check_report_to
 from .errors import ConfigError  # noqa: F401  (re-exported)
 from .config_fields import (  # noqa: F401  (re-exported: the config's classes are imported from here)
     EMBEDDED,
@@ -245,6 +245,7 @@ def validate(cfg: Config) -> None:
     _validate_reward_methods(cfg.data)
     check_paths(cfg.data)
     check_applies(cfg)
+    check_report_to(cfg.train.report_to)
     if r.engine == "vllm":
         _validate_vllm(cfg)
 

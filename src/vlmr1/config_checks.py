@@ -90,3 +90,19 @@ def check_applies(cfg: Config) -> None:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} is longer than the run (train.steps={t.steps})")
     if t.resume == "auto" and t.output_dir is None:
         raise ConfigError("train.resume=auto resumes the newest checkpoint in train.output_dir; set train.output_dir to the run's folder")
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """Known trackers, "none" alone, and the optional ones installed."""
+    import importlib.util
+
+    from .metrics import TRACKERS
+
+    unknown = [t for t in report_to if t not in (*TRACKERS, "none")]
+    if unknown:
+        raise ConfigError(f"train.report_to: unknown tracker {unknown[0]!r} (known: {list(TRACKERS)}, or none)")
+    if "none" in report_to and len(report_to) > 1:
+        raise ConfigError(f"train.report_to={report_to}: 'none' cannot be combined with trackers")
+    for tracker in ("wandb", "mlflow"):
+        if tracker in report_to and importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"train.report_to: {tracker} is not installed (pip install 'vlmr1[{tracker}]')")

@@ -196,6 +196,10 @@ class TrainConfig:
     """Checkpoint folder to resume from, or "auto" for the newest in output_dir."""
     progress: bool = True
     """Show a progress bar."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where metrics go besides metrics.jsonl: tensorboard | wandb | mlflow (several allowed; [none]:
+    none). wandb and mlflow are extras (pip install 'vlmr1[wandb]' / 'vlmr1[mlflow]'), set up by
+    their own environment variables (WANDB_MODE=offline, MLFLOW_TRACKING_URI=...)."""
 
 
 @dataclass

@@ -1,4 +1,11 @@
-"""Metrics: one JSON line per logged step (metrics.jsonl, mirrored to TensorBoard) and stage timers."""
+"""Metrics: one JSON line per logged step (metrics.jsonl), mirrored to the trackers
+``train.report_to`` names, and stage timers.
+
+TensorBoard (the default) is written by our own SummaryWriter in ``RUN/tensorboard``, which also
+takes the rollout tables; Weights & Biases and MLflow go through accelerate's tracker API
+(``Accelerator(log_with=...)``, ``init_trackers``, ``log``), configured by their own environment
+variables (``WANDB_MODE=offline``, ``MLFLOW_TRACKING_URI``...).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,37 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class MetricsLogger:
-    """One JSON line per logged step in metrics.jsonl, and the same scalars to TensorBoard."""
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+"""What ``train.report_to`` may name (several at once), or "none"."""
+ACCELERATE_TRACKERS = ("wandb", "mlflow")  # the ones accelerate runs for us
 
-    def __init__(self, out: Path, enabled: bool = True):
+
+def accelerate_trackers(report_to: list[str]) -> list[str]:
+    """The ``Accelerator(log_with=...)`` list for ``train.report_to``."""
+    return [t for t in report_to if t in ACCELERATE_TRACKERS]
+
+
+def flat_config(config: dict) -> dict[str, str | int | float | bool]:
+    """``{"algo": {"beta": 0.04}}`` -> ``{"algo.beta": 0.04}``, lists and None as text (trackers take scalars)."""
+    flat = {}
+    for section, values in config.items():
+        for name, value in values.items():
+            flat[f"{section}.{name}"] = value if isinstance(value, (str, int, float, bool)) else str(value)
+    return flat
+
+
+class MetricsLogger:
+    """One JSON line per logged step in metrics.jsonl, and the same scalars to every tracker.
+
+    ``accelerator``: the run's, when it was built with accelerate trackers (``init_trackers``
+    already called); None logs to metrics.jsonl and TensorBoard only."""
+
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True, accelerator=None):
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
         self.tb = None
-        if enabled:
+        self.accelerator = accelerator
+        if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"))
@@ -27,9 +57,12 @@ class MetricsLogger:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        for k, v in row.items():
-            if k != "step" and math.isfinite(v):
+        finite = {k: v for k, v in row.items() if k != "step" and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in finite.items():
                 self.tb.add_scalar(k, v, step)
+        if self.accelerator is not None:
+            self.accelerator.log(finite, step=step)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the log has no duplicates."""
@@ -40,6 +73,8 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.accelerator is not None:
+            self.accelerator.end_training()
 
 
 class Timers:

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from .checkpoints import latest_checkpoint, save_checkpoint, write_json
-from .config import Config, dump
+from accelerate import Accelerator
+
+from .config import Config, dump, to_dict
 from .evaluate import flat_metrics, print_table, run_evals
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, accelerate_trackers, flat_config
 
 
 def make_run_dir(cfg: Config, kind: str) -> Path:
@@ -32,12 +34,26 @@ def save_config(cfg: Config, out: Path) -> None:
     print((out / "config.yaml").read_text())
 
 
-def start_log(cfg: Config, out: Path, main: bool, start: int, model, adapter, data) -> tuple[MetricsLogger, dict]:
-    """Rank 0 saves and prints the config; every rank gets the metrics log, cut back to the step
-    resumed from, and the run summary. A fresh run first evaluates the held-out splits ("before")."""
+def make_accelerator(cfg: Config, out: Path) -> Accelerator:
+    """The run's Accelerator: its own device choice (CUDA, NPU, XPU, MPS, else the CPU) and the
+    accelerate trackers ``train.report_to`` names."""
+    return Accelerator(log_with=accelerate_trackers(cfg.train.report_to) or None, project_dir=str(out))
+
+
+def start_log(cfg: Config, out: Path, accelerator: Accelerator, start: int, model, adapter, data) -> tuple[MetricsLogger, dict]:
+    """Rank 0 saves and prints the config and starts the trackers; every rank gets the metrics
+    log, cut back to the step resumed from, and the run summary. A fresh run first evaluates
+    the held-out splits ("before")."""
+    main = accelerator.is_main_process
     if main:
         save_config(cfg, out)
-    logger = MetricsLogger(out, enabled=main)
+    trackers = accelerate_trackers(cfg.train.report_to)
+    if trackers:
+        name = Path(out).name
+        accelerator.init_trackers("vlmr1", config=flat_config(to_dict(cfg)),
+                                  init_kwargs={"wandb": {"name": name, "dir": str(out)}, "mlflow": {"run_name": name}})
+    tensorboard = "tensorboard" in cfg.train.report_to
+    logger = MetricsLogger(out, enabled=main, tensorboard=tensorboard, accelerator=accelerator if trackers else None)
     logger.truncate_after(start)
     summary: dict = {"skipped_rows": data.skipped} if data.skipped else {}
     if cfg.train.eval_before and start == 0 and main and data.evals:

@@ -6,7 +6,6 @@ import functools
 import math
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .checkpoints import load_trainer_state, resolve_resume, save_checkpoint
@@ -21,7 +20,7 @@ from .models.loading import load_model
 from .optimizer import NonFiniteError, NonFiniteGuard, build_optimizer, optimizer_step
 from .rl.algos import completion_mask, masked_mean
 from .rl.logprobs import completion_logprobs
-from .run import explain_oom, finish_run, make_run_dir, seed_everything, start_log
+from .run import explain_oom, finish_run, make_accelerator, make_run_dir, seed_everything, start_log
 
 
 def sft_loss(model, adapter, batch) -> torch.Tensor:
@@ -59,7 +58,7 @@ def sft(cfg: Config) -> dict:
 
 def _sft(cfg: Config) -> dict:
     out = make_run_dir(cfg, "sft")
-    accelerator = Accelerator()  # its own device choice: CUDA, NPU, XPU, MPS, else the CPU
+    accelerator = make_accelerator(cfg, out)
     main, t = accelerator.is_main_process, cfg.train
     seed_everything(t.seed)
     with accelerator.local_main_process_first():
@@ -73,7 +72,7 @@ def _sft(cfg: Config) -> dict:
     start = state["step"]
     guard = NonFiniteGuard(t.max_nonfinite_steps, out, state.get("skipped_steps", 0))
     step_optimizer = functools.partial(optimizer_step, accelerator, model, optimizer, scheduler, t.max_grad_norm, guard)
-    logger, summary = start_log(cfg, out, main, start, model, adapter, data)
+    logger, summary = start_log(cfg, out, accelerator, start, model, adapter, data)
     order = DataOrder(len(data.train), t.seed, t.prompts_per_step, accelerator.num_processes, accelerator.process_index)
     timers = Timers()
     micro = t.micro_batch_size

@@ -13,7 +13,6 @@ import time
 from contextlib import nullcontext
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..checkpoints import load_trainer_state, resolve_resume, save_checkpoint
@@ -29,7 +28,7 @@ from ..models.finetune import is_peft
 from ..models.loading import load_model
 from ..optimizer import NonFiniteError, NonFiniteGuard, build_optimizer, optimizer_step
 from ..rewards import RewardOutput, compute_rewards, resolve_rewards
-from ..run import explain_oom, finish_run, make_run_dir, seed_everything, start_log
+from ..run import explain_oom, finish_run, make_accelerator, make_run_dir, seed_everything, start_log
 from . import algos
 from .engines import HFEngine, RolloutEngine
 from .rollout import Rollout, Sampling
@@ -59,7 +58,7 @@ def train(cfg: Config, engine: RolloutEngine | None = None) -> dict:
 
 def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
     out = make_run_dir(cfg, "grpo")
-    accelerator = Accelerator()  # its own device choice: CUDA, NPU, XPU, MPS, else the CPU
+    accelerator = make_accelerator(cfg, out)
     main, rank, dev = accelerator.is_main_process, accelerator.process_index, accelerator.device
     r, a, t = cfg.rollout, cfg.algo, cfg.train
     G = r.group_size
@@ -90,7 +89,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
         print(f"vlmr1 train: run folder {out}")
         if t.shared_prompt and not shared_prompt:
             print("train.shared_prompt: off, because model.gradient_checkpointing drops the prompt's KV cache")
-    logger, summary = start_log(cfg, out, main, start, unwrapped, adapter, data)
+    logger, summary = start_log(cfg, out, accelerator, start, unwrapped, adapter, data)
     rollout_log = RolloutLog(out, t.log_completions, t.log_completions_groups, main, logger.tb)
     rollout_log.truncate_after(start)
     sampling = Sampling.from_config(r)
