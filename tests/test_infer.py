@@ -36,8 +36,10 @@ def test_model_goes_to_accelerates_device_in_the_dtype_asked():
     assert not adapter.model.training
 
 
-def test_trainers_let_accelerate_choose_the_device(monkeypatch, tmp_path):
-    # Accelerator(cpu=not torch.cuda.is_available()) forced the CPU on NPU, XPU and MPS machines.
+@pytest.mark.parametrize("accelerator", [True, False])
+def test_trainers_use_any_accelerator_torch_has(monkeypatch, tmp_path, accelerator):
+    # Accelerator(cpu=not torch.cuda.is_available()) forced the CPU on NPU, XPU and MPS machines:
+    # here a machine with an accelerator that is not CUDA, and one with none.
     import vlmr1.rl.trainer as trainer
     import vlmr1.run as run
     import vlmr1.sft as sft
@@ -51,14 +53,12 @@ def test_trainers_let_accelerate_choose_the_device(monkeypatch, tmp_path):
             raise RuntimeError("stop here")
 
     monkeypatch.setattr(run, "Accelerator", Spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: accelerator)
     for train in (trainer.train, sft.sft):
         with pytest.raises(RuntimeError, match="stop here"):
             train(load_config(None, [f"train.output_dir={tmp_path}"]))
-    assert len(seen) == 2 and all("cpu" not in kwargs and not args_force_cpu(kwargs) for kwargs in seen)
-
-
-def args_force_cpu(kwargs: dict) -> bool:
-    return bool(kwargs.get("cpu")) or kwargs.get("device_placement") is False
+    assert [kwargs["cpu"] for kwargs in seen] == [not accelerator] * 2
 
 
 def test_answer_budget_defaults_to_the_task():
@@ -96,3 +96,20 @@ def test_infer_checks_its_images_as_data_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["infer", "--image", str(bad), "--image", str(bad), "--prompt", "<image> the red circle"])
     assert "1 <image> placeholders for 2 --image files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "infer"])
+def test_every_option_of_eval_and_infer_is_documented(command, monkeypatch):
+    parsers = []
+
+    def capture(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        main([command])
+    (parser,) = parsers
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 8
+    assert all(a.help for a in options), [a.dest for a in options if not a.help]

@@ -28,8 +28,10 @@ DTYPE_CHOICES = ["auto", *DTYPES]
 
 
 def inference_device() -> torch.device:
-    """The device accelerate assigns this process (its own choice of accelerator, else the CPU)."""
-    return PartialState().device
+    """The device accelerate assigns this process: torch's accelerator where there is one, else the CPU."""
+    from .run import has_accelerator
+
+    return PartialState(cpu=not has_accelerator()).device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -35,9 +35,16 @@ def save_config(cfg: Config, out: Path) -> None:
 
 
 def make_accelerator(cfg: Config, out: Path) -> Accelerator:
-    """The run's Accelerator: its own device choice (CUDA, NPU, XPU, MPS, else the CPU) and the
-    accelerate trackers ``train.report_to`` names."""
-    return Accelerator(log_with=accelerate_trackers(cfg.train.report_to) or None, project_dir=str(out))
+    """The run's Accelerator on whatever accelerator torch has (CUDA, NPU, XPU, MPS...), else the
+    CPU, with the accelerate trackers ``train.report_to`` names."""
+    return Accelerator(cpu=not has_accelerator(), log_with=accelerate_trackers(cfg.train.report_to) or None, project_dir=str(out))
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees an accelerator of any kind. accelerate needs ``cpu=True`` where there is
+    none to run several CPU processes as one gloo group, and ``cpu=False`` to use one that is
+    there: ``cpu=not torch.cuda.is_available()`` put NPU, XPU and MPS machines on the CPU."""
+    return torch.accelerator.is_available()
 
 
 def start_log(cfg: Config, out: Path, accelerator: Accelerator, start: int, model, adapter, data) -> tuple[MetricsLogger, dict]:
