@@ -83,7 +83,15 @@ def cmd_eval(argv: list[str]) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples of each file")
     p.add_argument("--format-reward", default=None, help="a registered reward also reported as format_rate (e.g. box_format, format)")
     p.add_argument("--out", default=None, help="folder for per-sample predictions (default: beside each data file)")
+    p.add_argument("--samples", type=int, default=0, help="also sample K completions per prompt: pass@k (k = 1, 2, 4, .. K) and mean@K")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature for --samples (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --samples draws")
     a = p.parse_args(argv)
+    if a.samples < 0 or (a.temperature is not None and (not a.samples or a.temperature <= 0)):
+        raise SystemExit("--samples must be >= 0, and --temperature (> 0) applies only with --samples")
+    from .rl.rollout import Sampling
+
+    sampling = Sampling(max_new_tokens=a.max_new_tokens, temperature=1.0 if a.temperature is None else a.temperature)
     adapter = load_adapter(resolve_model_path(a.model))
     files = a.data.split(":")
     folders = a.image_folders.split(":") if a.image_folders else [None] * len(files)
@@ -97,7 +105,8 @@ def cmd_eval(argv: list[str]) -> None:
         name = Path(file).stem
         out = Path(a.out) / f"{name}.predictions.jsonl" if a.out else Path(file).with_suffix(".predictions.jsonl")
         metrics = evaluate(
-            adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out, format_reward=a.format_reward
+            adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens, predictions=out, format_reward=a.format_reward,
+            sampling=sampling, num_samples=a.samples, seed=a.seed,
         )
         print_metrics(name, metrics)
         print(f"predictions: {out}")

@@ -30,7 +30,7 @@ from ..models.loading import load_model
 from ..optimizer import NonFiniteError, NonFiniteGuard, build_optimizer, optimizer_step
 from ..rewards import RewardOutput, compute_rewards, resolve_rewards
 from ..run import explain_oom, finish_run, make_run_dir, seed_everything, start_log
-from . import algos
+from . import algos, masks
 from .engines import HFEngine, RolloutEngine
 from .rollout import Rollout, Sampling
 from .rollout_log import RolloutLog
@@ -127,7 +127,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             with timers("update"):
                 try:
                     stats = policy_update(
-                        model, adapter, accelerator, StepBatch(rollout, advantages, rows, old_logp, ref_logp), a,
+                        model, adapter, accelerator, StepBatch(rollout, advantages, rows, old_logp, ref_logp, loss_mask(rollout, a)), a,
                         micro_batch_size=t.micro_batch_size, shared=shared_prompt,
                         step_optimizer=functools.partial(step_optimizer, step=step + 1), row_stats=log_rollouts,
                     )
@@ -181,6 +181,11 @@ def reference_model(cfg: Config, base_path, policy, device):
     return policy if is_peft(policy) else load_model(cfg, base_path, trainable=False).model.to(device)
 
 
+def loss_mask(rollout: Rollout, a) -> torch.Tensor | None:
+    """The tokens in the loss: None (the completion mask), or without truncated completions (algo.mask_truncated_completions)."""
+    return masks.truncation_mask(rollout.completion_mask, rollout.truncated) if a.mask_truncated_completions else None
+
+
 def reward_columns(batch: Batch, adapter, rollout: Rollout) -> dict[str, list]:
     """The dataset columns of each of the N = P * G completions, plus what rewards need of the rollout."""
     G, N = rollout.group_size, len(rollout.texts)
@@ -209,12 +214,15 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
     per_func = accelerator.gather(rewards.per_func.to(dev))  # [N * world, n_rewards]
     lengths = accelerator.gather(rollout.completion_mask.sum(1).float().to(dev))  # [N * world]
     truncated = accelerator.gather(rollout.truncated.float().to(dev))  # [N * world]
-    local = {k: sum(v) / len(v) for k, v in (("kl", stats.kl), ("clip_fraction", stats.clip_fraction), ("ratio", stats.ratio), ("grad_norm", stats.grad_norm)) if v}
+    lists = (("kl", stats.kl), ("clip_fraction", stats.clip_fraction), ("ratio", stats.ratio), ("grad_norm", stats.grad_norm), ("off_policy_masked", stats.off_policy_masked))
+    local = {k: sum(v) / len(v) for k, v in lists if v}
     # Losses are summed over micro-batches (each weighted to its share of the global batch), averaged over passes.
     local["loss"] = sum(stats.loss) / max(1, mu)
     local["policy_loss"] = sum(stats.policy_loss) / max(1, mu)
     names = sorted(local)  # same keys on every rank: the same lists were filled
     means = accelerator.reduce(torch.tensor([local[k] for k in names], device=dev), "mean").tolist()
+    # Entropy over every loss token of every rank and pass (sums, then one division)
+    entropy, high, count = accelerator.reduce(torch.tensor(stats.entropy, device=dev), "sum").tolist()
     return {
         "reward": totals.mean().item(),
         "reward_std": totals.std().item(),
@@ -224,4 +232,6 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
         "truncated_fraction": truncated.mean().item(),  # completions cut at the length limit
         "zero_std_groups": accelerator.gather(zero_std.float().to(dev)).mean().item(),
         **dict(zip(names, means)),
+        "entropy": entropy / max(count, 1.0),  # mean policy entropy (nats) at completion tokens in the loss
+        "entropy_high_fraction": high / max(count, 1.0),  # share of those tokens above ln 2 nats (entropy.HIGH_ENTROPY)
     }
