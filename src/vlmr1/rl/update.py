@@ -151,7 +151,9 @@ def policy_update(
       (1/W) * sum of token losses * W / T = sum / T.
     - A rank whose groups were all filtered out (R counts none of its rows) still joins DDP's
       gradient all-reduce with one zero-weighted row; otherwise the other ranks would wait for it
-      forever. When no rank has rows (R = 0) no update is made at all.
+      forever. When no rank has rows (R = 0) no update is made at all. A rank with fewer
+      micro-batches than another (filtered groups, dynamic sampling) runs zero-weighted ones to
+      match, so every rank makes the same forwards and the same last, synchronising, backward.
     """
     stats = UpdateStats()
     mask = batch.mask
@@ -163,11 +165,15 @@ def policy_update(
     world = accelerator.num_processes
     options = loss_options(a)
     update_rows, share = (rows, 1.0) if rows else ([0], 0.0)
+    chunks = micro_batches(update_rows, micro_batch_size)
+    # Every rank runs as many forwards as the rank with the most micro-batches (DDP syncs buffers
+    # in every forward): the extra ones are zero-weighted and left out of the stats.
+    most = int(accelerator.gather(torch.tensor([len(chunks)], device=accelerator.device)).max())
+    padded = [(c, False) for c in chunks] + [([update_rows[0]], True)] * (most - len(chunks))
     for p in range(a.num_iterations):
-        chunks = micro_batches(update_rows, micro_batch_size)
         finite = True
-        for k, chunk in enumerate(chunks):
-            with micro_batch(accelerator, model, last=k == len(chunks) - 1):
+        for k, (chunk, pad) in enumerate(padded):
+            with micro_batch(accelerator, model, last=k == len(padded) - 1):
                 logp, entropy = chunk_logprobs(model, adapter, batch.rollout, shared, chunk, with_entropy=True)  # [n, Lc] each
                 sel = batch.select(chunk)
                 keep = high_entropy_mask(entropy, sel.mask, a.top_entropy_quantile) if a.top_entropy_quantile < 1 else None
@@ -182,8 +188,10 @@ def policy_update(
                     policy_keep=keep,
                     **options,
                 )
-                weight = share * (1.0 if a.loss_aggregation == "dapo" else len(chunk) * world / global_rows)
+                weight = (not pad) * share * (1.0 if a.loss_aggregation == "dapo" else len(chunk) * world / global_rows)
                 accelerator.backward(res.loss * weight)
+            if pad:
+                continue
             stats.loss.append(res.loss.item() * weight)
             stats.policy_loss.append(res.policy_loss.item() * weight)
             finite = finite and math.isfinite(stats.loss[-1])
