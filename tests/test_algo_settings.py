@@ -32,6 +32,7 @@ REWARD = "def length_reward(completions, **kw):\n    return [float(len(c)) for c
         (["algo.filter_zero_std=true", "algo.dynamic_sampling_rounds=-1"], "algo.dynamic_sampling_rounds must be >= 0"),
         (["algo.surrogate=ppo"], "algo.surrogate='ppo': expected one of"),
         (["train.eval_samples=-1"], "train.eval_samples must be >= 0"),
+        (["train.eval_samples=4", "train.eval_before=false", "train.eval_after=false"], "train.eval_samples applies to evaluation"),
     ],
 )
 def test_rejected(overrides, expected):

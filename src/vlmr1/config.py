@@ -140,6 +140,7 @@ def validate(cfg: Config) -> None:
         (a.dynamic_sampling_rounds >= 0, "algo.dynamic_sampling_rounds must be >= 0 (0 = off)"),
         (a.dynamic_sampling_rounds == 0 or a.filter_zero_std, "algo.dynamic_sampling_rounds refills the groups algo.filter_zero_std drops: set algo.filter_zero_std=true"),
         (t.eval_samples >= 0, "train.eval_samples must be >= 0 (0 = greedy evaluation only)"),
+        (t.eval_samples == 0 or t.eval_before or t.eval_after or t.eval_every > 0, "train.eval_samples applies to evaluation, and train.eval_before, eval_after and eval_every turn every evaluation off"),
         (t.steps >= 1, "train.steps must be >= 1"),
         (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
         (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
