@@ -39,6 +39,7 @@ MATCHED = {
     "temperature": 0.7,
     "top_p": 1.0,
     "beta": 0.04,
+    "kl_bias_correction": False,  # vlmr1's default (plain k3); TRL's use_bias_correction_kl defaults to True
     "epsilon": 0.2,
     "lr": 1e-4,
     "max_grad_norm": 1.0,

@@ -76,6 +76,7 @@ def vlmr1_overrides(spec: dict) -> list[str]:
         "rollout.repetition_penalty=1.0",
         f"algo.beta={m['beta']}",
         "algo.kl_estimator=k3",
+        f"algo.kl_bias_correction={str(m['kl_bias_correction']).lower()}",
         f"algo.eps_low={m['epsilon']}",
         f"algo.eps_high={m['epsilon']}",
         "algo.loss_aggregation=grpo",

@@ -117,6 +117,7 @@ def grpo_config(spec: dict, out_dir: str, suppress_tokens: list[int]):
         # vlmr1 suppresses the image, video and vision start/end tokens; TRL only the image token.
         generation_kwargs={"suppress_tokens": suppress_tokens},
         beta=m["beta"],
+        use_bias_correction_kl=m["kl_bias_correction"],  # TRL's default True weights k3 by the ratio (algo.kl_bias_correction)
         epsilon=m["epsilon"],
         epsilon_high=m["epsilon"],
         loss_type="grpo",

@@ -117,8 +117,18 @@ def cmd_eval(argv: list[str]) -> None:
     p.add_argument("--format-reward", default=None, help="a registered reward also reported as format_rate (e.g. box_format, format)")
     p.add_argument("--out", default=None, help="folder for per-sample predictions (default: beside each data file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--samples", type=int, default=0, help="also sample K completions per prompt: pass@k (k = 1, 2, 4, .. K) and mean@K")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature for --samples (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --samples draws")
     a = p.parse_args(argv)
     files, folders, methods = check_eval_args(a)
+    if a.samples < 0:
+        raise ArgumentError(f"--samples {a.samples}: must be >= 0 (0: greedy only)")
+    if a.temperature is not None and (not a.samples or not 0 < a.temperature < float("inf")):
+        raise ArgumentError(f"--temperature {a.temperature}: a finite temperature > 0, and only with --samples K")
+    from .rl.rollout import Sampling
+
+    sampling = Sampling(max_new_tokens=a.max_new_tokens, temperature=1.0 if a.temperature is None else a.temperature)
     check = RowChecker()  # every row of every file checked before the model loads
     splits = [load_samples(f, d, reward_methods=[m], check=check).samples[: a.limit] for f, d, m in zip(files, folders, methods)]
     adapter = load_for_inference(resolve_model_path(a.model), a.dtype, a.min_pixels, a.max_pixels)
@@ -132,6 +142,7 @@ def cmd_eval(argv: list[str]) -> None:
             metrics = evaluate(
                 adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens,
                 predictions=out, progress=bar, format_reward=a.format_reward,
+                sampling=sampling, num_samples=a.samples, seed=a.seed,
             )
         print_metrics(name, metrics)
         print(f"predictions: {out}")

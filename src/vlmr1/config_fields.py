@@ -11,6 +11,7 @@ from typing import Literal
 from .data.jsonl import OnError
 from .data.synthetic import SyntheticTask
 from .rl.algos import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
+from .rl.surrogates import Surrogate
 
 EMBEDDED = "embedded"  # the shipped tiny base checkpoint / the generated synthetic REC task
 
@@ -117,11 +118,26 @@ class AlgoConfig:
     beta: float = 0.04
     """KL coefficient; 0 loads no reference model."""
     kl_estimator: KLEstimator = "k3"
-    """k1 | k2 | k3 (Schulman's estimators of KL(policy || reference))."""
+    """k1 | k2 | k3 (Schulman's estimators of KL(policy || reference)). As losses, in expectation: k1 gives no
+    gradient, k2 the reverse-KL gradient, k3 the forward-KL gradient (DeepSeekMath); see kl_bias_correction."""
+    kl_bias_correction: bool = False
+    """Multiply the per-token KL estimate by the token ratio pi / pi_old, gradient included (DeepSeek-V3.2; TRL's
+    use_bias_correction_kl, default true there): with k1 or k3 the KL gradient is then the reverse-KL one, also
+    on-policy. Needs algo.beta > 0."""
+    surrogate: Surrogate = "clip"
+    """Per-token policy objective: clip (PPO/GRPO) | cispo (MiniMax-M1: clipped, detached importance weight times
+    A times log-prob; every token keeps its gradient) | sapo (SAPO: a soft sigmoid gate in place of the clip)."""
     eps_low: float = 0.2
-    """PPO clip below 1."""
+    """PPO clip below 1 (cispo: its weight's lower bound 1 - eps_low; 1 = none, as MiniMax-M1). Not with sapo."""
     eps_high: float = 0.2
-    """PPO clip above 1 (DAPO's clip-higher uses e.g. 0.28)."""
+    """PPO clip above 1 (DAPO's clip-higher uses e.g. 0.28; cispo: weight cap 1 + eps_high, ScaleRL uses 4). Not with sapo."""
+    delta: float | None = None
+    """Two-sided clip (INTELLECT-2): cap the unclipped ratio at delta, bounding negative-advantage tokens;
+    > 1 + eps_high, clip surrogate only (None: off)."""
+    sapo_temperature_pos: float = 1.0
+    """SAPO gate temperature for tokens with positive advantage (larger: the gate closes faster off-policy)."""
+    sapo_temperature_neg: float = 1.05
+    """SAPO gate temperature for tokens with zero or negative advantage."""
     loss_aggregation: LossAggregation = "grpo"
     """grpo (per-sequence mean) | bnpo (local token mean) | dr_grpo (constant divisor) | dapo (global token mean)."""
     advantage_scale: AdvantageScale = "group"
@@ -132,6 +148,19 @@ class AlgoConfig:
     """token (GRPO) | sequence (GSPO)."""
     filter_zero_std: bool = False
     """Drop groups whose rewards are all equal from the update (they carry no advantage)."""
+    dynamic_sampling_rounds: int = 0
+    """DAPO dynamic sampling: after dropping zero-spread groups (needs filter_zero_std), draw and roll out up to
+    this many extra rounds of train.prompts_per_step prompts per process until the step has prompts_per_step
+    informative groups per process, over all processes (0: off)."""
+    off_policy_mask_threshold: float | None = None
+    """DeepSeek-V3.2 off-policy sequence masking: drop negative-advantage sequences whose mean log(pi_old / pi)
+    exceeds this (e.g. 0.5); needs num_iterations > 1 (None: off)."""
+    mask_truncated_completions: bool = False
+    """Leave completions cut by rollout.max_completion_length out of the loss (DAPO's overlong filtering);
+    their rewards still count in the group advantages."""
+    top_entropy_quantile: float = 1.0
+    """Keep the policy gradient of only this top share of tokens by entropy, per micro-batch ("Beyond the 80/20
+    rule" recommends 0.2; 1: every token)."""
 
 
 @dataclass
@@ -192,6 +221,9 @@ class TrainConfig:
     """Evaluate the held-out splits after training."""
     eval_batch_size: int = 64
     """Prompts per batch in evaluation."""
+    eval_samples: int = 0
+    """Also sample this many completions per held-out prompt at rollout.temperature and report pass@k (k = 1, 2,
+    4, .. up to it; unbiased estimator) and mean@k next to greedy accuracy (0: greedy only)."""
     resume: str | None = None
     """Checkpoint folder to resume from, or "auto" for the newest in output_dir."""
     progress: bool = True

@@ -38,3 +38,14 @@ def full_parameters(accelerator, model):
             yield
     else:
         yield
+
+
+def gather_rows(accelerator, t):
+    """Every rank's ``t`` [n_rank, ...] concatenated in rank order, [sum of n_rank, ...]; ranks may
+    hold different row counts (filtered or dynamically sampled groups), which a plain gather refuses."""
+    import torch
+
+    counts = accelerator.gather(torch.tensor([t.shape[0]], device=t.device)).tolist()  # [W]
+    gathered = accelerator.gather(accelerator.pad_across_processes(t, dim=0))  # [W * max, ...]
+    most = max(counts)
+    return torch.cat([gathered[r * most : r * most + n] for r, n in enumerate(counts)])

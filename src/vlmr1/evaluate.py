@@ -19,6 +19,7 @@ from .rewards.registry import get_reward
 from .rl.rollout import Sampling, generate
 from .data.batch import make_batch
 from .eval_metrics import SCORERS, before_after_rows, kind_of
+from . import pass_at_k
 
 
 @torch.no_grad()
@@ -32,10 +33,16 @@ def evaluate(
     predictions: Path | None = None,
     progress=None,
     format_reward: str | None = None,
+    sampling: Sampling | None = None,
+    num_samples: int = 0,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Greedy decoding of ``samples`` and their task metrics; optionally one JSON line per sample.
 
     ``format_reward`` (a registered reward name) is also reported as ``format_rate``.
+    ``num_samples`` > 0: also that many completions per prompt drawn with ``sampling``, scored
+    as pass@k and mean@k (``pass_at_k``); each prompt's row gets its ``samples_correct``. The
+    draws are seeded from ``seed`` and the batch, under a forked RNG (a training run's is untouched).
     """
     fmt = get_reward(format_reward) if format_reward else None
     rows: list[dict] = []
@@ -66,6 +73,9 @@ def evaluate(
         for row, f in zip(base, formats):
             if f is not None:
                 row["format"] = f
+        if num_samples:
+            for row, c in zip(base, sampled_correct(model, adapter, batch, prompts, sampling, num_samples, seed + start)):
+                row["samples_correct"], row["samples_n"] = c, num_samples
         rows.extend(base)
         if progress is not None:
             progress.update(len(batch.samples))
@@ -85,8 +95,27 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     formats = [r["format"] for r in rows if "format" in r]
     if formats:
         metrics["format_rate"] = sum(formats) / len(formats)
+    if rows and "samples_correct" in rows[0]:
+        metrics.update(pass_at_k.summarise([r["samples_correct"] for r in rows], rows[0]["samples_n"]))
     metrics["n"] = len(rows)
     return metrics
+
+
+def sampled_correct(model, adapter, batch, prompts, sampling: Sampling, n: int, seed: int) -> list[int]:
+    """Per prompt of ``batch``, how many of ``n`` completions sampled with ``sampling`` are correct."""
+    with torch.random.fork_rng(devices=[prompts.input_ids.device] if prompts.input_ids.is_cuda else []):
+        torch.manual_seed(seed)
+        out = generate(model, adapter, adapter.repeat_prompts(prompts, n), sampling)  # [B * n] rows, prompt-major
+    cols = {k: [v for v in vals for _ in range(n)] for k, vals in batch.columns.items()}
+    cols["input_size"] = [f for f in box_frames(adapter, prompts) for _ in range(n)]
+    kinds = [kind_of(s.reward_method) for s in batch.samples for _ in range(n)]
+    ok = [False] * len(kinds)
+    for kind in sorted(set(kinds)):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        sub = {k: [v[i] for i in idx] for k, v in cols.items()}
+        for i, fields in zip(idx, SCORERS[kind].score_rows([out.texts[i] for i in idx], sub)):
+            ok[i] = pass_at_k.success(kind, fields)
+    return [sum(ok[j * n : (j + 1) * n]) for j in range(len(batch.samples))]
 
 
 def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[str, float]]:
@@ -107,6 +136,9 @@ def run_evals(cfg, model, adapter, data, out: Path, tag: str) -> dict[str, dict[
                 predictions=out / "eval" / f"{tag}-{split}.jsonl",
                 progress=bar,
                 format_reward=cfg.reward.eval_format,
+                sampling=Sampling.from_config(cfg.rollout),  # pass@k: the distribution GRPO samples from
+                num_samples=cfg.train.eval_samples,
+                seed=cfg.train.seed,
             )
     return results
 

@@ -43,7 +43,7 @@ def check_sft_config(cfg: Config) -> None:
     for name in ("shared_prompt", "log_completions", "log_completions_groups"):  # GRPO rollouts only
         if getattr(cfg.train, name) != getattr(default.train, name):
             raise ConfigError(f"train.{name} has no effect in sft (no rollouts); remove it from the sft config")
-    used = {"max_completion_length"}  # the eval's generation length
+    used = {"max_completion_length"} | ({"temperature"} if cfg.train.eval_samples else set())  # the eval's generation
     for name, value in vars(cfg.rollout).items():
         if name not in used and value != getattr(default.rollout, name):
             raise ConfigError(f"rollout.{name} has no effect in sft (greedy evaluation); remove it")

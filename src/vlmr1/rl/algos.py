@@ -16,12 +16,20 @@ Variants and where they come from:
   too-easy and too-hard prompts.
 - KL estimators (`kl_penalty`), from J. Schulman, "Approximating KL
   Divergence" (2020, joschu.net/blog/kl-approx.html), samples from pi,
-  d = ref_logp - logp: k1 = -d (unbiased, high variance, can be negative);
-  k2 = d^2 / 2 (biased, low variance); k3 = exp(d) - d - 1 (unbiased, >= 0;
-  the one GRPO uses).
+  d = ref_logp - logp: k1 = -d; k2 = d^2 / 2; k3 = exp(d) - d - 1 (>= 0; the one
+  GRPO uses). As *values*, k1 and k3 are unbiased estimates of KL(pi || ref) and k2 is
+  biased. As *losses* (added per token, gradient taken through logp) they give, in
+  expectation over tokens from pi: k1 nothing (E_pi[grad logp] = 0, so a k1 penalty only
+  adds noise); k2 the reverse-KL gradient grad KL(pi || ref); k3 the forward-KL gradient
+  grad KL(ref || pi) (E_pi[-(ref/pi) grad logp] = -E_ref[grad logp]), DeepSeekMath's choice.
+  `kl_bias_correction` (DeepSeek-V3.2, arXiv 2512.02556; TRL's `use_bias_correction_kl`,
+  default True there, False here) multiplies the per-token estimate by the token ratio
+  pi / pi_old with its gradient, so E_pi_old[ratio * k] = E_pi[k] as a function of the
+  parameters: with k1 or k3 the gradient is then the reverse-KL gradient, and it differs from
+  plain k3's even on-policy (ratio 1 in value, not in gradient).
 - Clipping (`policy_loss`): PPO clip with separate eps_low / eps_high; eps_high
   > eps_low is DAPO's "clip-higher" (arXiv 2503.14476). GRPO uses eps_low =
-  eps_high.
+  eps_high. CISPO clips its importance weight with the same bounds.
 - Loss aggregation (`aggregate`): "grpo": mean over each sequence's tokens, then
   over sequences (DeepSeekMath eq. 3), which gives the tokens of short answers
   more weight. "bnpo": token mean over the local batch. "dapo": token mean over
@@ -31,6 +39,11 @@ Variants and where they come from:
   free of any length bias.
 - Importance level (`policy_loss`, `importance_level=`): "token" is PPO/GRPO;
   "sequence" is GSPO (arXiv 2507.18071), see `policy_loss`.
+- Surrogate (`policy_loss`, `surrogate=`): "clip" (PPO/GRPO, with INTELLECT-2's `delta`),
+  "cispo" (MiniMax-M1) or "sapo" (SAPO); see `surrogates`.
+- Token and sequence masks on the policy term (`policy_keep`, `off_policy_threshold`):
+  DeepSeek-V3.2's off-policy sequence masking and the 80/20 rule's high-entropy tokens; see
+  `masks` and `entropy`. The KL term and the aggregation's divisors still use `mask`, as in TRL.
 
 Departures from the papers, and why:
 - eps is added to the std (DeepSeekMath writes none) so a zero-std group gives
@@ -47,6 +60,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from .masks import off_policy_sequence_mask
+from .surrogates import Surrogate, surrogate_loss
 
 AdvantageScale = Literal["group", "batch", "none"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -138,8 +154,9 @@ class PolicyLossOutput:
     loss: Tensor  # [], what to backpropagate: aggregated clip term + beta * KL
     policy_loss: Tensor  # [], aggregated clip term only
     kl: Tensor | None  # [], masked token mean of the KL estimate, detached; None without ref_logp
-    clip_fraction: Tensor  # [], masked token mean of tokens where the clip was active, detached
+    clip_fraction: Tensor  # [], masked token mean of tokens where a bound of the surrogate was active, detached
     ratio_mean: Tensor  # [], masked token mean of the importance ratio, detached
+    off_policy_masked: Tensor | None = None  # [], share of rows dropped by off-policy masking; None when off
 
 
 def policy_loss(
@@ -157,14 +174,26 @@ def policy_loss(
     max_completion_length: int | None = None,
     global_num_tokens: float | None = None,
     importance_level: ImportanceLevel = "token",
+    surrogate: Surrogate = "clip",
+    delta: float | None = None,
+    sapo_tau_pos: float = 1.0,
+    sapo_tau_neg: float = 1.05,
+    kl_bias_correction: bool = False,
+    off_policy_threshold: float | None = None,
+    policy_keep: Tensor | None = None,
 ) -> PolicyLossOutput:
-    """Clipped surrogate loss with optional KL penalty.
+    """Surrogate policy loss with optional KL penalty.
 
-    logp, old_logp, ref_logp, mask: [N, L]; advantages: [N].
-    per-token loss = -min(ratio * A, clamp(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * kl.
+    logp, old_logp, ref_logp, mask, policy_keep: [N, L]; advantages: [N].
+    per-token loss = keep * surrogate(ratio, A) + beta * kl, with "clip"'s surrogate
+    -min(ratio * A, clamp(ratio, 1 - eps_low, 1 + eps_high) * A) (see `surrogates` for the others),
+    keep = policy_keep (e.g. the high-entropy tokens) times the off-policy sequence mask
+    (`masks.off_policy_sequence_mask`, when off_policy_threshold is set), and kl the per-token
+    estimate, times the token ratio with `kl_bias_correction`.
 
     With old_logp = logp.detach() (one update per generation, mu = 1) the ratio is 1,
-    nothing is clipped, and the gradient is the plain policy gradient -A * grad(logp).
+    nothing is clipped, and the gradient is the plain policy gradient -A * grad(logp)
+    (under every surrogate).
 
     importance_level="sequence" is GSPO (arXiv 2507.18071): the sequence ratio is
     s_i = exp(masked mean over tokens of (logp - old_logp)), broadcast to every token.
@@ -188,16 +217,24 @@ def policy_loss(
 
     ratio = torch.exp(log_ratio)  # [N, L]
     adv = advantages.to(logp.dtype).unsqueeze(-1)  # [N, 1]
-    clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)  # [N, L]
-    clip_term = -torch.min(ratio * adv, clipped_ratio * adv)  # [N, L]
-    # the clip is active (zero gradient) where the clamped branch is the smaller one
-    clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))  # [N, L]
+    clip_term, clipped = surrogate_loss(
+        surrogate, ratio, logp, adv, eps_low=eps_low, eps_high=eps_high, delta=delta, sapo_tau_pos=sapo_tau_pos, sapo_tau_neg=sapo_tau_neg
+    )  # [N, L], [N, L]
+    masked_rows = None
+    if off_policy_threshold is not None:
+        keep_rows = off_policy_sequence_mask(advantages, logp, old_logp, mask, off_policy_threshold)  # [N]
+        masked_rows = (~keep_rows).to(logp.dtype).mean().detach()
+        clip_term = clip_term * keep_rows.to(logp.dtype).unsqueeze(-1)
+    if policy_keep is not None:
+        clip_term = clip_term * policy_keep.to(logp.dtype)
 
     agg = dict(mode=aggregation, max_completion_length=max_completion_length, global_num_tokens=global_num_tokens)
     policy = aggregate(clip_term, mask, **agg)
     kl_mean = None
     if ref_logp is not None:
         kl = kl_penalty(logp, ref_logp.detach(), kl_estimator)  # [N, L]
+        if kl_bias_correction:
+            kl = kl * torch.exp(logp - old_logp)  # the token ratio, gradient included (also under GSPO)
         kl_mean = masked_mean(kl, mask).detach()
         loss = aggregate(clip_term + beta * kl, mask, **agg) if beta != 0 else policy
     else:
@@ -209,6 +246,7 @@ def policy_loss(
         kl=kl_mean,
         clip_fraction=masked_mean(clipped.to(logp.dtype), mask).detach(),
         ratio_mean=masked_mean(ratio, mask).detach(),
+        off_policy_masked=masked_rows,
     )
 
 

@@ -137,8 +137,10 @@ def shared_prompt_logprobs(
     group_size: int | Sequence[int],
     temperature: float = 1.0,
     suppress: list[int] | None = None,
-) -> torch.Tensor:
-    """Log-probs [N, Lc] of ``completion_ids`` [N, Lc] (row i*G+j: prompt i's j-th completion).
+    with_entropy: bool = False,
+):
+    """Log-probs [N, Lc] of ``completion_ids`` [N, Lc] (row i*G+j: prompt i's j-th completion),
+    and with ``with_entropy`` their entropies [N, Lc].
 
     ``prompts`` holds the P unrepeated prompts; ``group_size`` as in ``prefill``. Same numerics
     as ``completion_logprobs`` on the repeated prompts: logits / temperature, ``suppress``
@@ -168,4 +170,4 @@ def shared_prompt_logprobs(
     if temperature != 1.0:
         logits = logits / temperature
     ids = torch.tensor(suppress, device=logits.device) if suppress else None
-    return selective_log_softmax(logits, completion_ids, suppress=ids)
+    return selective_log_softmax(logits, completion_ids, suppress=ids, with_entropy=with_entropy)

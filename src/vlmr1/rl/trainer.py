@@ -19,7 +19,7 @@ from ..checkpoints import load_trainer_state, resolve_resume, save_checkpoint
 from ..config import Config
 from ..data.batch import Batch, make_batch
 from ..data.order import DataOrder
-from ..distributed import full_parameters
+from ..distributed import full_parameters, gather_rows
 from ..embedded import hold_to_context, prepare_data, resolve_model_path
 from ..evaluate import flat_metrics, run_evals
 from ..metrics import Timers
@@ -29,12 +29,15 @@ from ..models.loading import load_model
 from ..optimizer import NonFiniteError, NonFiniteGuard, build_optimizer, optimizer_step
 from ..rewards import RewardOutput, compute_rewards, resolve_rewards
 from ..run import explain_oom, finish_run, make_accelerator, make_run_dir, seed_everything, start_log
-from . import algos
+from . import algos, dynamic_sampling, masks
+from .dynamic_sampling import Draw
 from .engines import HFEngine, RolloutEngine
 from .rollout import Rollout, Sampling
 from .rollout_log import RolloutLog
 from .update import StepBatch, UpdateStats, frozen_logprobs, policy_update
 from .vllm_engine import vllm_engine
+
+REFILL_SEED = 1_000_000_007  # offset of the data order that dynamic sampling's extra rounds draw from
 
 # What lowers GPU memory in a GRPO step, most effective first.
 OOM_SETTINGS = [
@@ -94,24 +97,38 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
     rollout_log.truncate_after(start)
     sampling = Sampling.from_config(r)
     order = DataOrder(len(data.train), t.seed, t.prompts_per_step, accelerator.num_processes, rank)
+    refill_order = DataOrder(len(data.train), t.seed + REFILL_SEED, t.prompts_per_step, accelerator.num_processes, rank)
     timers, tokens = Timers(), 0.0  # completion tokens sampled on this rank since the last metrics line
+
+    def draw(indices: list[int], gen_seed: int) -> Draw:
+        with timers("gen"):
+            batch = make_batch([data.train[i] for i in indices], cfg.data.task)
+            prompts = adapter.encode_prompts(batch.problems, batch.images).to(dev)
+            torch.manual_seed(gen_seed)
+            engine.wake()
+            with full_parameters(accelerator, model):
+                rollout = engine.generate(unwrapped, adapter, prompts, G, sampling, problems=batch.problems, images=batch.images, seed=gen_seed)
+            engine.sleep()  # memory back to training (vLLM sleep mode)
+        with timers("reward"):
+            rewards = compute_rewards(reward_funcs, cfg.reward.weights, rollout.texts, reward_columns(batch, adapter, rollout))
+        return Draw(batch, rollout, rewards)
+
+    def draw_refill(step: int, k: int) -> Draw:  # extra round k >= 1 of dynamic sampling
+        return draw(refill_order.indices(step * a.dynamic_sampling_rounds + k - 1), dynamic_sampling.refill_seed(t.seed, step, rank, k))
+
     bar = tqdm(total=t.steps, initial=start, desc="grpo", disable=not (main and t.progress))
     wall = time.perf_counter()
     for step in range(start, t.steps):
         with timers("step"):
-            # 1. Rollout: G sampled completions for each of this rank's P prompts.
-            with timers("gen"):
-                batch = make_batch([data.train[i] for i in order.indices(step)], cfg.data.task)
-                prompts = adapter.encode_prompts(batch.problems, batch.images).to(dev)
-                gen_seed = t.seed * 1_000_003 + step * 1_009 + rank
-                torch.manual_seed(gen_seed)  # same samples after a resume
-                engine.wake()
-                with full_parameters(accelerator, model):
-                    rollout = engine.generate(unwrapped, adapter, prompts, G, sampling, problems=batch.problems, images=batch.images, seed=gen_seed)
-                engine.sleep()  # memory back to training (vLLM sleep mode)
-            # 2. Rewards: every reward's column kept for logging, weighted sum for the advantage.
-            with timers("reward"):
-                rewards = compute_rewards(reward_funcs, cfg.reward.weights, rollout.texts, reward_columns(batch, adapter, rollout))
+            # 1-2. Rollout and rewards: G sampled completions for each of this rank's P prompts, every
+            # reward's column kept for logging, weighted sum for the advantage. Dynamic sampling
+            # (algo.dynamic_sampling_rounds) draws more rounds until the step has P informative groups.
+            gen_seed = t.seed * 1_000_003 + step * 1_009 + rank  # same samples after a resume
+            batch, rollout, rewards = draw(order.indices(step), gen_seed)
+            drawn = {}
+            if a.dynamic_sampling_rounds:
+                more = functools.partial(draw_refill, step)
+                (batch, rollout, rewards), drawn = dynamic_sampling.refill(Draw(batch, rollout, rewards), more, accelerator, a.dynamic_sampling_rounds, G, adapter)
             # 3. Advantages per group of G; optionally drop groups with no signal.
             with timers("adv"):
                 advantages = algos.group_advantages(rewards.total, G, a.advantage_scale).to(dev)  # [N]
@@ -127,7 +144,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             with timers("update"):
                 try:
                     stats = policy_update(
-                        model, adapter, accelerator, StepBatch(rollout, advantages, rows, old_logp, ref_logp), a,
+                        model, adapter, accelerator, StepBatch(rollout, advantages, rows, old_logp, ref_logp, loss_mask(rollout, a)), a,
                         micro_batch_size=t.micro_batch_size, shared=shared_prompt,
                         step_optimizer=functools.partial(step_optimizer, step=step + 1), row_stats=log_rollouts,
                     )
@@ -144,7 +161,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
                     rollout_log.log(accelerator, step + 1, batch, rollout, box_frames(adapter, rollout.prompts), rewards, advantages, zero_std, stats)
             tokens += rollout.completion_mask.sum().item()
             log = (step + 1) % t.log_every == 0
-            row = step_metrics(accelerator, rewards, rollout, zero_std, stats, a.num_iterations) if log else {}
+            row = {**step_metrics(accelerator, rewards, rollout, zero_std, stats, a.num_iterations), **drawn} if log else {}
             if t.eval_every and (step + 1) % t.eval_every == 0 and main and data.evals:
                 with timers("eval"):
                     row.update(flat_metrics(run_evals(cfg, unwrapped, adapter, data, out, f"step{step + 1}")))
@@ -181,6 +198,11 @@ def reference_model(cfg: Config, base_path, policy, device):
     return policy if is_peft(policy) else load_model(cfg, base_path, trainable=False).model.to(device)
 
 
+def loss_mask(rollout: Rollout, a) -> torch.Tensor | None:
+    """The tokens in the loss: None (the completion mask), or without truncated completions (algo.mask_truncated_completions)."""
+    return masks.truncation_mask(rollout.completion_mask, rollout.truncated) if a.mask_truncated_completions else None
+
+
 def reward_columns(batch: Batch, adapter, rollout: Rollout) -> dict[str, list]:
     """The dataset columns of each of the N = P * G completions, plus what rewards need of the rollout."""
     G, N = rollout.group_size, len(rollout.texts)
@@ -205,16 +227,19 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
     """One metrics line of a step: rewards and lengths over the global batch, update numbers as
     means over ranks. Every rank must call it (it gathers)."""
     dev = accelerator.device
-    totals = accelerator.gather(rewards.total.to(dev))  # [N * world]
-    per_func = accelerator.gather(rewards.per_func.to(dev))  # [N * world, n_rewards]
-    lengths = accelerator.gather(rollout.completion_mask.sum(1).float().to(dev))  # [N * world]
-    truncated = accelerator.gather(rollout.truncated.float().to(dev))  # [N * world]
-    local = {k: sum(v) / len(v) for k, v in (("kl", stats.kl), ("clip_fraction", stats.clip_fraction), ("ratio", stats.ratio), ("grad_norm", stats.grad_norm)) if v}
+    totals = gather_rows(accelerator, rewards.total.to(dev))  # [N * world]
+    per_func = gather_rows(accelerator, rewards.per_func.to(dev))  # [N * world, n_rewards]
+    lengths = gather_rows(accelerator, rollout.completion_mask.sum(1).float().to(dev))  # [N * world]
+    truncated = gather_rows(accelerator, rollout.truncated.float().to(dev))  # [N * world]
+    lists = (("kl", stats.kl), ("clip_fraction", stats.clip_fraction), ("ratio", stats.ratio), ("grad_norm", stats.grad_norm), ("off_policy_masked", stats.off_policy_masked))
+    local = {k: sum(v) / len(v) for k, v in lists if v}
     # Losses are summed over micro-batches (each weighted to its share of the global batch), averaged over passes.
     local["loss"] = sum(stats.loss) / max(1, mu)
     local["policy_loss"] = sum(stats.policy_loss) / max(1, mu)
     names = sorted(local)  # same keys on every rank: the same lists were filled
     means = accelerator.reduce(torch.tensor([local[k] for k in names], device=dev), "mean").tolist()
+    # Entropy over every loss token of every rank and pass (sums, then one division)
+    entropy, high, count = accelerator.reduce(torch.tensor(stats.entropy, device=dev), "sum").tolist()
     return {
         "reward": totals.mean().item(),
         "reward_std": totals.std().item(),
@@ -222,6 +247,8 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
         **{f"rewards/{k.rsplit(':', 1)[-1]}": v.item() for k, v in zip(rewards.names, per_func.nanmean(0))},
         "completion_length": lengths.mean().item(),
         "truncated_fraction": truncated.mean().item(),  # completions cut at the length limit
-        "zero_std_groups": accelerator.gather(zero_std.float().to(dev)).mean().item(),
+        "zero_std_groups": gather_rows(accelerator, zero_std.float().to(dev)).mean().item(),
         **dict(zip(names, means)),
+        "entropy": entropy / max(count, 1.0),  # mean policy entropy (nats) at completion tokens in the loss
+        "entropy_high_fraction": high / max(count, 1.0),  # share of those tokens above ln 2 nats (entropy.HIGH_ENTROPY)
     }

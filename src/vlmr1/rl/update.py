@@ -16,6 +16,7 @@ import torch
 from ..config import AlgoConfig
 from ..distributed import micro_batch
 from . import algos
+from .entropy import entropy_stats, high_entropy_mask
 from .logprobs import completion_logprobs
 from .rollout import Rollout, prompt_rows
 from .shared_prompt import shared_prompt_logprobs
@@ -32,8 +33,8 @@ def micro_batches(rows: list[int], size: int) -> list[list[int]]:
     return runs
 
 
-def chunk_logprobs(model, adapter, rollout: Rollout, shared: bool, rows: list[int]) -> torch.Tensor:
-    """Log-probs [n, Lc] of a contiguous run of rollout rows.
+def chunk_logprobs(model, adapter, rollout: Rollout, shared: bool, rows: list[int], with_entropy: bool = False):
+    """Log-probs [n, Lc] of a contiguous run of rollout rows (and their entropies [n, Lc] with ``with_entropy``).
 
     ``shared``: each prompt of the run is encoded once and its completions attend to the shared
     cache (``shared_prompt``: exact, up to G x less prompt work); otherwise each row's prompt is
@@ -47,9 +48,9 @@ def chunk_logprobs(model, adapter, rollout: Rollout, shared: bool, rows: list[in
         first, last = start // G, (stop - 1) // G + 1
         counts = [min(stop, (i + 1) * G) - max(start, i * G) for i in range(first, last)]  # a run may cut a group
         prompts = adapter.slice_prompts(rollout.prompts, first, last)
-        return shared_prompt_logprobs(model, adapter, prompts, ids, mask, counts, temperature, adapter.suppressed_token_ids)
+        return shared_prompt_logprobs(model, adapter, prompts, ids, mask, counts, temperature, adapter.suppressed_token_ids, with_entropy)
     inputs = adapter.sequence_inputs(prompt_rows(adapter, rollout, start, stop), ids, mask)
-    return completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids)
+    return completion_logprobs(model, inputs, ids, temperature, adapter.suppressed_token_ids, with_entropy)
 
 
 @torch.no_grad()
@@ -65,7 +66,7 @@ class RowTensors(NamedTuple):
     advantages: torch.Tensor  # [n]
     old_logp: torch.Tensor | None  # [n, Lc], None when mu = 1 (the current log-probs, detached, stand in)
     ref_logp: torch.Tensor | None  # [n, Lc], None when beta = 0
-    mask: torch.Tensor  # [n, Lc] completion mask
+    mask: torch.Tensor  # [n, Lc] loss mask
 
 
 @dataclass
@@ -78,6 +79,11 @@ class StepBatch:
     rows: list[int]  # rows in the update: all, or those of groups with reward spread (algo.filter_zero_std)
     old_logp: torch.Tensor | None = None  # [N, Lc] (mu > 1)
     ref_logp: torch.Tensor | None = None  # [N, Lc] (beta > 0)
+    loss_mask: torch.Tensor | None = None  # [N, Lc] tokens in the loss; None: the completion mask
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.completion_mask if self.loss_mask is None else self.loss_mask
 
     def select(self, rows: list[int]) -> RowTensors:
         index = torch.tensor(rows)
@@ -85,7 +91,7 @@ class StepBatch:
         def pick(t):
             return None if t is None else t[index]
 
-        return RowTensors(self.advantages[index], pick(self.old_logp), pick(self.ref_logp), self.rollout.completion_mask[index])
+        return RowTensors(self.advantages[index], pick(self.old_logp), pick(self.ref_logp), self.mask[index])
 
 
 @dataclass
@@ -98,8 +104,20 @@ class UpdateStats:
     clip_fraction: list[float] = field(default_factory=list)  # per micro-batch token mean
     ratio: list[float] = field(default_factory=list)  # per micro-batch token mean of the importance ratio
     grad_norm: list[float] = field(default_factory=list)  # per optimizer step, before clipping
+    off_policy_masked: list[float] = field(default_factory=list)  # per micro-batch share of rows dropped (algo.off_policy_mask_threshold)
+    entropy: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # sums over loss tokens: entropy, tokens above HIGH_ENTROPY, tokens
     row_logp: dict[int, float] = field(default_factory=dict)  # row -> mean per-token log-prob (first pass; row_stats)
     row_kl: dict[int, float] = field(default_factory=dict)  # row -> mean per-token KL estimate (first pass; row_stats, beta > 0)
+
+
+def loss_options(a: AlgoConfig) -> dict:
+    """``algos.policy_loss``'s variant arguments, as the algo config sets them."""
+    return {
+        "eps_low": a.eps_low, "eps_high": a.eps_high, "beta": a.beta, "kl_estimator": a.kl_estimator,
+        "aggregation": a.loss_aggregation, "importance_level": a.importance_level, "surrogate": a.surrogate,
+        "delta": a.delta, "sapo_tau_pos": a.sapo_temperature_pos, "sapo_tau_neg": a.sapo_temperature_neg,
+        "kl_bias_correction": a.kl_bias_correction, "off_policy_threshold": a.off_policy_mask_threshold,
+    }
 
 
 def policy_update(
@@ -133,41 +151,47 @@ def policy_update(
       (1/W) * sum of token losses * W / T = sum / T.
     - A rank whose groups were all filtered out (R counts none of its rows) still joins DDP's
       gradient all-reduce with one zero-weighted row; otherwise the other ranks would wait for it
-      forever. When no rank has rows (R = 0) no update is made at all.
+      forever. When no rank has rows (R = 0) no update is made at all. A rank with fewer
+      micro-batches than another (filtered groups, dynamic sampling) runs zero-weighted ones to
+      match, so every rank makes the same forwards and the same last, synchronising, backward.
     """
     stats = UpdateStats()
-    mask = batch.rollout.completion_mask
+    mask = batch.mask
     rows = batch.rows
     counts = torch.tensor([float(len(rows)), mask[rows].sum().item() if rows else 0.0], device=accelerator.device)
     global_rows, global_tokens = accelerator.reduce(counts, "sum").tolist()
     if not global_rows:
         return stats
     world = accelerator.num_processes
+    options = loss_options(a)
     update_rows, share = (rows, 1.0) if rows else ([0], 0.0)
+    chunks = micro_batches(update_rows, micro_batch_size)
+    # Every rank runs as many forwards as the rank with the most micro-batches (DDP syncs buffers
+    # in every forward): the extra ones are zero-weighted and left out of the stats.
+    most = int(accelerator.gather(torch.tensor([len(chunks)], device=accelerator.device)).max())
+    padded = [(c, False) for c in chunks] + [([update_rows[0]], True)] * (most - len(chunks))
     for p in range(a.num_iterations):
-        chunks = micro_batches(update_rows, micro_batch_size)
         finite = True
-        for k, chunk in enumerate(chunks):
-            with micro_batch(accelerator, model, last=k == len(chunks) - 1):
-                logp = chunk_logprobs(model, adapter, batch.rollout, shared, chunk)  # [n, Lc]
+        for k, (chunk, pad) in enumerate(padded):
+            with micro_batch(accelerator, model, last=k == len(padded) - 1):
+                logp, entropy = chunk_logprobs(model, adapter, batch.rollout, shared, chunk, with_entropy=True)  # [n, Lc] each
                 sel = batch.select(chunk)
+                keep = high_entropy_mask(entropy, sel.mask, a.top_entropy_quantile) if a.top_entropy_quantile < 1 else None
                 res = algos.policy_loss(
                     logp,
                     logp.detach() if sel.old_logp is None else sel.old_logp,
                     sel.advantages,
                     sel.mask,
-                    eps_low=a.eps_low,
-                    eps_high=a.eps_high,
                     ref_logp=sel.ref_logp,
-                    beta=a.beta,
-                    kl_estimator=a.kl_estimator,
-                    aggregation=a.loss_aggregation,
                     max_completion_length=batch.rollout.sampling.max_new_tokens,
                     global_num_tokens=global_tokens / world,
-                    importance_level=a.importance_level,
+                    policy_keep=keep,
+                    **options,
                 )
-                weight = share * (1.0 if a.loss_aggregation == "dapo" else len(chunk) * world / global_rows)
+                weight = (not pad) * share * (1.0 if a.loss_aggregation == "dapo" else len(chunk) * world / global_rows)
                 accelerator.backward(res.loss * weight)
+            if pad:
+                continue
             stats.loss.append(res.loss.item() * weight)
             stats.policy_loss.append(res.policy_loss.item() * weight)
             finite = finite and math.isfinite(stats.loss[-1])
@@ -175,10 +199,15 @@ def policy_update(
             stats.ratio.append(res.ratio_mean.item())
             if res.kl is not None:
                 stats.kl.append(res.kl.item())
+            if res.off_policy_masked is not None:
+                stats.off_policy_masked.append(res.off_policy_masked.item())
+            if share:
+                stats.entropy = [x + y for x, y in zip(stats.entropy, entropy_stats(entropy, sel.mask))]
             if row_stats and p == 0 and share:
-                stats.row_logp.update(zip(chunk, algos.masked_mean(logp.detach(), sel.mask, dim=-1).tolist()))
+                completion = batch.rollout.completion_mask[chunk]  # the whole completion, also where the loss masks it
+                stats.row_logp.update(zip(chunk, algos.masked_mean(logp.detach(), completion, dim=-1).tolist()))
                 if sel.ref_logp is not None:
                     kl = algos.kl_penalty(logp.detach(), sel.ref_logp, a.kl_estimator)  # [n, Lc]
-                    stats.row_kl.update(zip(chunk, algos.masked_mean(kl, sel.mask, dim=-1).tolist()))
+                    stats.row_kl.update(zip(chunk, algos.masked_mean(kl, completion, dim=-1).tolist()))
         stats.grad_norm.append(step_optimizer(finite))
     return stats
