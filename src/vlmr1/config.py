@@ -185,6 +185,7 @@ def validate(cfg: Config) -> None:
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (r.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)"),
         (r.repetition_penalty > 0, "rollout.repetition_penalty must be > 0"),
+        (r.noise_std >= 0, "rollout.noise_std must be >= 0 (0 = off)"),
         (a.beta >= 0, "algo.beta must be >= 0"),
         (a.eps_low >= 0 and a.eps_high >= 0, "algo.eps_low and algo.eps_high must be >= 0"),
         (a.eps_low < 1 or (a.surrogate == "cispo" and a.eps_low == 1), "algo.eps_low must be < 1 (the clip range is [1 - eps_low, 1 + eps_high]; cispo also takes 1: no lower bound)"),

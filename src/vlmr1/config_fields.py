@@ -108,6 +108,9 @@ class RolloutConfig:
     """Top-k sampling (0 = off)."""
     repetition_penalty: float = 1.0
     """HF repetition penalty (1.0 = off)."""
+    noise_std: float = 0.0
+    """NoisyRollout: sample rollouts from images with Gaussian pixel noise of this std (0-255 scale), while every
+    log-prob is computed on the clean image (0: off; a constant strength, see vlmr1.rl.noisy_rollout)."""
     engine: Engine = "hf"
     """What samples rollouts: hf (HF generate on the policy) | vllm (vLLM colocated on the training
     GPU, weights synced after each step; GPU only, pip install 'vlmr1[vllm]', see docs/vllm.md)."""

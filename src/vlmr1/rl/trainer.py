@@ -8,6 +8,7 @@ moves tensors between the stages, each timed (``time/<stage>`` in metrics.jsonl)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from contextlib import nullcontext
@@ -29,7 +30,7 @@ from ..models.loading import load_model
 from ..optimizer import NonFiniteError, NonFiniteGuard, build_optimizer, optimizer_step
 from ..rewards import RewardOutput, compute_rewards, resolve_rewards
 from ..run import explain_oom, finish_run, make_accelerator, make_run_dir, seed_everything, start_log
-from . import algos, dynamic_sampling, masks
+from . import algos, dynamic_sampling, masks, noisy_rollout
 from .dynamic_sampling import Draw
 from .engines import HFEngine, RolloutEngine
 from .rollout import Rollout, Sampling
@@ -104,11 +105,15 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
         with timers("gen"):
             batch = make_batch([data.train[i] for i in indices], cfg.data.task)
             prompts = adapter.encode_prompts(batch.problems, batch.images).to(dev)
+            # NoisyRollout (rollout.noise_std): sample from noised images, log-probs on the clean ones
+            images = noisy_rollout.noised(batch.images, r.noise_std, gen_seed) if r.noise_std else batch.images
+            seen = adapter.encode_prompts(batch.problems, images).to(dev) if r.noise_std else prompts
             torch.manual_seed(gen_seed)
             engine.wake()
             with full_parameters(accelerator, model):
-                rollout = engine.generate(unwrapped, adapter, prompts, G, sampling, problems=batch.problems, images=batch.images, seed=gen_seed)
+                rollout = engine.generate(unwrapped, adapter, seen, G, sampling, problems=batch.problems, images=images, seed=gen_seed)
             engine.sleep()  # memory back to training (vLLM sleep mode)
+            rollout = dataclasses.replace(rollout, prompts=prompts) if r.noise_std else rollout
         with timers("reward"):
             rewards = compute_rewards(reward_funcs, cfg.reward.weights, rollout.texts, reward_columns(batch, adapter, rollout))
         return Draw(batch, rollout, rewards)
