@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -556,3 +557,12 @@ def test_traceback_flag_shows_where_a_user_error_was_raised():
 
     with pytest.raises(ConfigError, match="rollout.group_size must be >= 2"):
         main(["--traceback", "train", "rollout.group_size=1"])
+
+
+def test_help_piped_into_head_ends_quietly():
+    # `vlmr1 train --help | head` closes the pipe early. `true` has exited long before Python has
+    # started, so every write meets a closed pipe: no BrokenPipeError traceback.
+    import subprocess
+
+    run = subprocess.run(f"{sys.executable} -m vlmr1.cli train --help | true", shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in run.stderr and "BrokenPipeError" not in run.stderr, run.stderr

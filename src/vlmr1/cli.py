@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"vlmr1 {name}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except BrokenPipeError:  # output piped into `head` that stopped reading: end quietly (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
