@@ -101,7 +101,8 @@ def test_unknown_key_in_yaml_is_named(tmp_path):
         ("model.freeze_vision=yes please", "model.freeze_vision: expected true/false"),
         ("model.dtype=32", "model.dtype: expected str, got 32"),
         ("model.min_pixels=big", "model.min_pixels: expected int, got 'big'"),
-        ("reward.funcs=iou", "reward.funcs: expected a list, got 'iou'"),
+        ("reward.funcs={iou: 1}", "reward.funcs: expected a list, got {'iou': 1}"),
+        ("reward.weights=0.5", "reward.weights: expected a list, got 0.5"),
         ("reward.weights=[1.0, x]", "reward.weights: expected float, got 'x'"),
     ],
 )
@@ -258,3 +259,9 @@ def test_every_setting_has_a_doc_and_every_command_a_help(capsys):
     out = capsys.readouterr().out
     assert "usage: vlmr1 train" in out and "usage: vlmr1 sft" in out
     assert 'algo.beta = 0.04\n      KL coefficient; 0 loads no reference model.' in out  # default and doc, as YAML reads it
+
+
+def test_one_name_for_a_list_of_names_is_that_list():
+    # train.report_to=wandb reads as [wandb]; numbers are not wrapped (reward.weights=0.5 is an error).
+    assert load_config(None, ["train.report_to=none"]).train.report_to == ["none"]
+    assert load_config(None, ["reward.funcs=iou", "reward.weights=null"]).reward.funcs == ["iou"]

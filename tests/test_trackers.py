@@ -76,3 +76,19 @@ def test_none_writes_only_the_metrics_log(tmp_path):
 def test_bad_report_to_is_a_config_error(value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"train.report_to={value}"])
+
+
+def test_trackers_finish_without_ending_the_process_group(tmp_path, monkeypatch):
+    # accelerator.end_training() also destroys the process group, which a second run in the same
+    # processes (vlmr1 compare runs several) still needs: closing the log only finishes the trackers.
+    from accelerate import Accelerator
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    ended = []
+    monkeypatch.setattr(Accelerator, "end_training", lambda self: ended.append(True))
+    run(tmp_path, "train.report_to=[mlflow]")
+    assert ended == []
+    import mlflow
+
+    assert mlflow.active_run() is None  # the tracker's run was finished all the same

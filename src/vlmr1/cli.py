@@ -129,8 +129,10 @@ def cmd_eval(argv: list[str]) -> None:
     from .rl.rollout import Sampling
 
     sampling = Sampling(max_new_tokens=a.max_new_tokens, temperature=1.0 if a.temperature is None else a.temperature)
-    check = RowChecker()  # every row of every file checked before the model loads
-    splits = [load_samples(f, d, reward_methods=[m], check=check).samples[: a.limit] for f, d, m in zip(files, folders, methods)]
+    check = RowChecker()  # every row evaluated (the first --limit of each file) checked before the model loads
+    splits = [load_samples(f, d, reward_methods=[m]).samples[: a.limit] for f, d, m in zip(files, folders, methods)]
+    for sample in (s for split in splits for s in split):
+        check(sample)
     adapter = load_for_inference(resolve_model_path(a.model), a.dtype, a.min_pixels, a.max_pixels)
     limit, why = prompt_limit(adapter.model, None, a.max_new_tokens)
     for file, samples in zip(files, splits):

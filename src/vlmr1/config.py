@@ -49,6 +49,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is Literal:  # the type here; which names are allowed, in ``validate``
         return _coerce(value, type(typing.get_args(hint)[0]), key)
     if origin is list:
+        if isinstance(value, str) and typing.get_args(hint) == (str,):
+            value = [value]  # train.report_to=wandb means [wandb]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint)

@@ -86,8 +86,6 @@ def check_applies(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if m.min_pixels is not None and m.max_pixels is not None and m.min_pixels > m.max_pixels:
         raise ConfigError(f"model.min_pixels={m.min_pixels} is above model.max_pixels={m.max_pixels}")
-    if t.warmup_steps > t.steps:
-        raise ConfigError(f"train.warmup_steps={t.warmup_steps} is longer than the run (train.steps={t.steps})")
     if t.resume == "auto" and t.output_dir is None:
         raise ConfigError("train.resume=auto resumes the newest checkpoint in train.output_dir; set train.output_dir to the run's folder")
 

@@ -103,7 +103,8 @@ def summarise(rows: list[dict]) -> dict[str, float]:
 
 def sampled_correct(model, adapter, batch, prompts, sampling: Sampling, n: int, seed: int) -> list[int]:
     """Per prompt of ``batch``, how many of ``n`` completions sampled with ``sampling`` are correct."""
-    with torch.random.fork_rng(devices=[prompts.input_ids.device] if prompts.input_ids.is_cuda else []):
+    device = prompts.input_ids.device  # its generator forked too, whatever the accelerator: training's draws stay as they were
+    with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type if device.type != "cpu" else "cuda"):
         torch.manual_seed(seed)
         out = generate(model, adapter, adapter.repeat_prompts(prompts, n), sampling)  # [B * n] rows, prompt-major
     cols = {k: [v for v in vals for _ in range(n)] for k, vals in batch.columns.items()}

@@ -74,7 +74,10 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.close()
         if self.accelerator is not None:
-            self.accelerator.end_training()
+            # Not accelerator.end_training(): it also destroys the process group, which a second
+            # run in the same processes (vlmr1 compare, a library caller) still needs.
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 class Timers:
