@@ -184,7 +184,7 @@ def check_eval_args(a) -> tuple[list[str], list[str | None], list[str | None]]:
     """``vlmr1 eval``'s arguments, checked before the model loads; returns the files, their image
     folders and their reward methods, paired by position."""
     from .embedded import file_methods
-    from .rewards import get_reward
+    from .rewards.registry import SPEC_ERRORS, get_reward
     from .rewards.accuracy import method_reward
 
     _check_model_args(a)
@@ -213,7 +213,7 @@ def check_eval_args(a) -> tuple[list[str], list[str | None], list[str | None]]:
     if a.format_reward is not None:
         try:
             get_reward(a.format_reward)
-        except (ValueError, OSError, AttributeError, TypeError, ImportError, SyntaxError) as e:
+        except SPEC_ERRORS as e:
             raise ArgumentError(f"--format-reward: {e}") from None
     return files, folders, methods
 

@@ -246,12 +246,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"reward.funcs names a reward twice: {cfg.reward.funcs} (use its weight instead)")
     if weights is not None and len(weights) != len(cfg.reward.funcs):
         raise ConfigError(f"reward.weights has {len(weights)} entries for {len(cfg.reward.funcs)} reward.funcs")
-    from .rewards import get_reward  # resolving names here turns a typo into an error before any model loads
+    from .rewards.registry import SPEC_ERRORS, get_reward  # resolving names here turns a typo into an error before any model loads
 
     for name in [*cfg.reward.funcs, *([cfg.reward.eval_format] if cfg.reward.eval_format else [])]:
         try:
             get_reward(name)
-        except (ValueError, FileNotFoundError, AttributeError, TypeError, ImportError, SyntaxError) as e:
+        except SPEC_ERRORS as e:
             raise ConfigError(f"reward {name!r}: {e}") from None
     from .data.jsonl import QUESTION_TEMPLATES
 

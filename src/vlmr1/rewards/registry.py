@@ -111,6 +111,11 @@ def _load_from_file(path_str: str, func_name: str) -> RewardFn:
     return fn
 
 
+SPEC_ERRORS = (ValueError, FileNotFoundError, AttributeError, TypeError, ImportError, SyntaxError)
+"""What ``get_reward`` raises for a wrong name or ``file.py:function`` spec (unknown name, missing
+file or function, a file that does not import): the caller names the setting and re-raises."""
+
+
 def get_reward(name_or_spec: str | RewardFn) -> RewardFn:
     """Resolve a registered name, or a user reward given as ``path/to/file.py:function``.
 
