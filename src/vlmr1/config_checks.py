@@ -66,6 +66,9 @@ _DEPENDENT = [
     (("data.image_folders",), lambda c: c.data.train_files != EMBEDDED, "your own data.train_files"),
     (("train.keep_last",), lambda c: c.train.save_every > 0, "periodic checkpoints (train.save_every > 0)"),
     (("train.log_completions_groups",), lambda c: c.train.log_completions > 0, "train.log_completions > 0"),
+    (("algo.rollout_is", "algo.rollout_mask_threshold", "rollout.sync_check_every"), lambda c: c.rollout.engine == "vllm",
+     "a sampler other than the policy (rollout.engine=vllm), whose own log-probs it needs"),
+    (("algo.rollout_is_cap",), lambda c: c.algo.rollout_is != "none", "rollout importance sampling (algo.rollout_is=token or sequence)"),
     (("train.eval_every", "train.eval_batch_size"), has_eval_data,
      "held-out data (data.eval_files, or the embedded data with data.num_eval > 0)"),
 ]

