@@ -206,3 +206,12 @@ def test_eval_with_the_vllm_engine_scores_like_hf(tmp_path, base):
     # Greedy decoding in fp32: the same answers, but for near-ties broken differently by other kernels
     same = sum(a == b for a, b in zip(scores["hf"], scores["vllm"]))
     assert same >= 15, (same, scores)
+    # vlmr1 infer, one image: the same answer through either engine.
+    row = json.loads(data.read_text().splitlines()[0])
+    image = str(tmp_path / "data" / row["image"])
+    said = {}
+    for engine in ("hf", "vllm"):
+        res = run_cli("infer", "--engine", engine, "--image", image, "--prompt", "the red circle", "--out", str(tmp_path / f"{engine}.png"), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        said[engine] = res.stdout.splitlines()[0]
+    assert said["hf"] == said["vllm"], said
