@@ -29,6 +29,16 @@ def test_rec_split_metrics():
     m = summarise(_rows("rec", texts, {"solution": sols}))
     assert m["acc50"] == pytest.approx(2 / 3) and m["mean_iou"] == pytest.approx(1.5 / 3)
     assert m["parsed"] == pytest.approx(2 / 3) and m["n"] == 3
+    assert m["acc75"] == pytest.approx(1 / 3)  # only the exact box reaches IoU 0.75
+
+
+def test_rec_acc75_counts_tight_boxes_only():
+    # [0,0,10,10] vs [0,0,10,13]: IoU 100/130 = 0.769 (>= 0.75); vs [0,0,10,14]: 100/140 = 0.714
+    # (a hit at 0.5, not at 0.75); IoU exactly 0.75: [0,0,10,15] vs [0,0,10,20] = 150/200.
+    texts = ["[0, 0, 10, 10]", "[0, 0, 10, 10]", "[0, 0, 10, 15]"]
+    sols = ["[0, 0, 10, 13]", "[0, 0, 10, 14]", "[0, 0, 10, 20]"]
+    m = summarise(_rows("rec", texts, {"solution": sols}))
+    assert m["acc50"] == pytest.approx(1.0) and m["acc75"] == pytest.approx(2 / 3)
 
 
 def _det(*items):

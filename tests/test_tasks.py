@@ -11,7 +11,7 @@ from vlmr1.rl.trainer import train
 
 # task -> (rewards it trains with, completion budget, metrics its evaluation must report)
 TASKS = {
-    "rec": (["acc50_tight", "iou", "box_format"], 16, {"acc50", "mean_iou", "parsed"}),
+    "rec": (["acc50_tight", "iou", "box_format"], 16, {"acc50", "acc75", "mean_iou", "parsed"}),
     "det": (["map", "weighted_sum", "repetition"], 24, {"map", "ap50", "ap75", "parsed"}),
     "count": (["accuracy", "length"], 8, {"accuracy"}),
     "gui": (["gui_defect", "accuracy"], 16, {"defect_acc", "score", "parsed"}),

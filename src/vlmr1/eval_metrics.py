@@ -18,6 +18,7 @@ from .rewards.registry import get_reward
 REC_METHODS = {"rec", "iou", "acc50", "rec_acc", "acc50_tight"}
 DETECTION_METHODS = {"map", "od_ap", "od_ap50", "odLength", "weighted_sum"}
 GUI_METHODS = {"gui_defect"}
+TIGHT_IOU = 0.75  # Acc@0.75, reported beside Acc@0.5
 
 
 def kind_of(method: str | None) -> str:
@@ -44,6 +45,8 @@ def _rec_summary(rows: list[dict]) -> dict[str, float]:
     n = len(rows)
     return {
         "acc50": sum(r["hit"] for r in rows) / n,
+        # Box tightness: the token loss of SFT does not optimise IoU, an IoU reward does.
+        "acc75": sum(r["iou"] >= TIGHT_IOU for r in rows) / n,
         "mean_iou": sum(r["iou"] for r in rows) / n,
         "parsed": sum(r["parsed"] for r in rows) / n,
     }
