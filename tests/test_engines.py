@@ -181,6 +181,7 @@ def test_llm_constructor_arguments(tiny_dir, tiny_adapter, make_image, fake_vllm
     assert kwargs["tensor_parallel_size"] == 1
     assert kwargs["logprobs_mode"] == "processed_logprobs"  # after temperature and mask: what was sampled from
     assert kwargs["gpu_memory_utilization"] == 0.3 and "enforce_eager" not in kwargs
+    assert "kv_cache_memory_bytes" not in kwargs
     assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0"
 
 
@@ -190,6 +191,9 @@ def test_on_cpu_no_sleep_no_chunked_prefill_and_weights_go_through_reload(tiny_d
     (kwargs,) = fake.created
     assert "enable_sleep_mode" not in kwargs and "gpu_memory_utilization" not in kwargs
     assert kwargs["enforce_eager"] is True and kwargs["enable_chunked_prefill"] is False
+    # A fixed KV cache: left to gpu_memory_utilization, vLLM's CPU worker reserves 92% of the
+    # machine's memory beside the trainer, and refuses to start when that much is not free.
+    assert kwargs["kv_cache_memory_bytes"] == 4 * 2**30
     engine.sleep()  # a no-op: vLLM refuses sleep mode on CPU
     engine.wake()
     assert ("sleep", 1) not in fake.events and not any(e[0] == "wake_up" for e in fake.events)

@@ -8,6 +8,7 @@ tests: each test pushes its own policy into it in full first, as a fresh engine 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -193,6 +194,9 @@ def test_three_step_vllm_training_logs_the_mismatch(tmp_path):
     assert all(r["vllm_sync_gap"] < 1e-3 for r in rows)
 
 
+VLLM_LOG_LINE = re.compile(r"^(\(\S+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d ")
+
+
 def test_eval_with_the_vllm_engine_scores_like_hf(tmp_path, base):
     res = run_cli("data", "rec", "--split", "ood", "--n", "16", "--out", str(tmp_path / "data"), cwd=tmp_path)
     data = tmp_path / "data" / "ood.jsonl"
@@ -213,5 +217,6 @@ def test_eval_with_the_vllm_engine_scores_like_hf(tmp_path, base):
     for engine in ("hf", "vllm"):
         res = run_cli("infer", "--engine", engine, "--image", image, "--prompt", "the red circle", "--out", str(tmp_path / f"{engine}.png"), cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
-        said[engine] = res.stdout.splitlines()[0]
+        # vLLM's logger writes to stdout too ("(MainProcess pid=1) INFO 12-04 11:48:14 [file.py:1] ...").
+        said[engine] = next(line for line in res.stdout.splitlines() if not VLLM_LOG_LINE.match(line))
     assert said["hf"] == said["vllm"], said

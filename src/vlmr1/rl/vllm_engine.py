@@ -14,7 +14,10 @@ What differs by platform (``llm_kwargs``, ``VLLMEngine._push``):
 - CPU: no sleep mode (vLLM refuses it there); eager mode; no chunked prefill (seeded requests
   whose prompt is split across chunks crash in vLLM's CPU sampler: "CPU Generator does not use
   offset"); weights go through vLLM's in-place ``reload_weights``, because after loading the CPU
-  backend replaces linear weights with packed copies that ``load_weights`` cannot write into.
+  backend replaces linear weights with packed copies that ``load_weights`` cannot write into;
+  a KV cache of fixed size (``CPU_KV_CACHE_GIB``; vLLM's own ``VLLM_CPU_KVCACHE_SPACE``, in GiB,
+  overrides it), because on CPU ``gpu_memory_utilization`` is a fraction of the machine's
+  memory (0.92 by default) that vLLM refuses to start without, trainer or not.
 - CUDA: sleep mode level 1 while the policy trains; weights written with ``load_weights`` on the
   driver worker's model, as TRL does.
 On both, a push sends whole fused layers and re-derives tied layers (``vllm_weights``), and the
@@ -38,6 +41,8 @@ from .rollout import Rollout, Sampling
 from .vllm_io import allowed_token_ids, check_prompt_ids, request_seeds, rollout_from_outputs, sampling_kwargs, vllm_requests
 from .vllm_weights import layer_key, retie, tied_aliases, weight_gaps, weights_for_vllm
 
+
+CPU_KV_CACHE_GIB = 4  # vLLM's documented CPU default size; enough for thousands of long rollouts of a small model
 
 VLLM_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 """Families whose prompt format and weight names were checked against vLLM's model code: vLLM's
@@ -73,7 +78,7 @@ def llm_kwargs(platform: str, *, model: str, dtype: str, seed: int, max_images: 
         logprobs_mode="processed_logprobs",
     )
     if platform == "cpu":
-        return {**common, "enforce_eager": True, "enable_chunked_prefill": False}
+        return {**common, "enforce_eager": True, "enable_chunked_prefill": False, "kv_cache_memory_bytes": CPU_KV_CACHE_GIB * 2**30}
     return {**common, "gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": True}
 
 
