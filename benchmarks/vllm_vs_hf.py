@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def run_workload(name: str, rounds: int) -> dict:
                     times["vllm_sync"].append(sync)
     return {
         "params_m": sum(p.numel() for p in adapter.model.parameters()) / 1e6,
+        # Both engines live in this process (external_launcher), so this is the pair's peak;
+        # vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE) is most of it.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "prompt_tokens": int(prompts.attention_mask[0].sum()),
         "vllm_build_s": build_s,
         **{f"{k}_s": statistics.median(v) for k, v in times.items()},
@@ -137,15 +141,15 @@ def main() -> None:
         if res.returncode or line is None:
             sys.exit(f"{name} failed:\n{res.stderr[-4000:]}")
         results[name] = json.loads(line[len("RESULT "):])
-    head = "| workload | params | prompt tokens | P x G, max tokens | engine | rollout s | + sync s | step-rollout s ÷ HF | mean completion tokens | vLLM build s |"
+    head = "| workload | params | prompt tokens | P x G, max tokens | engine | rollout s | + sync s | step-rollout s ÷ HF | mean completion tokens | vLLM build s | peak RSS MiB (both) |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, r in results.items():
         w = WORKLOADS[name]
         shape = f"{w['prompts']} x {w['group']}, {w['max_new_tokens']}"
         hf_s, v_s = r["hf_s"], r["vllm_s"] + r["vllm_sync_s"]
-        print(f"| {name} | {r['params_m']:.1f}M | {r['prompt_tokens']} | {shape} | hf | {hf_s:.2f} | – | 1.00 | {r['hf_len']:.1f} | – |")
-        print(f"| {name} | {r['params_m']:.1f}M | {r['prompt_tokens']} | {shape} | vllm | {r['vllm_s']:.2f} | {r['vllm_sync_s']:.2f} | {v_s / hf_s:.2f} | {r['vllm_len']:.1f} | {r['vllm_build_s']:.0f} |")
+        print(f"| {name} | {r['params_m']:.1f}M | {r['prompt_tokens']} | {shape} | hf | {hf_s:.2f} | – | 1.00 | {r['hf_len']:.1f} | – | – |")
+        print(f"| {name} | {r['params_m']:.1f}M | {r['prompt_tokens']} | {shape} | vllm | {r['vllm_s']:.2f} | {r['vllm_sync_s']:.2f} | {v_s / hf_s:.2f} | {r['vllm_len']:.1f} | {r['vllm_build_s']:.0f} | {r.get('peak_rss_mib', float('nan')):.0f} |")
     meta = {
         "machine": platform.processor() or platform.machine(),
         "python": platform.python_version(),
