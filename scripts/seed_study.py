@@ -21,12 +21,16 @@ def main() -> None:
             cmd = ["vlmr1", "train", f"train.seed={seed}", f"train.output_dir={run}", "train.progress=false", *overrides]
             subprocess.run(cmd, check=True)
         results[seed] = json.loads((run / "summary.json").read_text()) | {"wall": time.time() - start}
-    lines = ["| seed | split | Acc@0.5 before | Acc@0.5 after | change | mean IoU before | mean IoU after |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | split | Acc@0.5 before | Acc@0.5 after | change | Acc@0.75 before | Acc@0.75 after | mean IoU before | mean IoU after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for seed, s in results.items():
         for split in s["after"]:
             b, a = s["before"][split], s["after"][split]
             lines.append(
-                f"| {seed} | {split} | {b['acc50']:.3f} | {a['acc50']:.3f} | {a['acc50'] - b['acc50']:+.3f} | {b['mean_iou']:.3f} | {a['mean_iou']:.3f} |"
+                f"| {seed} | {split} | {b['acc50']:.3f} | {a['acc50']:.3f} | {a['acc50'] - b['acc50']:+.3f} "
+                f"| {b['acc75']:.3f} | {a['acc75']:.3f} | {b['mean_iou']:.3f} | {a['mean_iou']:.3f} |"
             )
     for split in results[SEEDS[0]]["after"]:
         after = [s["after"][split]["acc50"] for s in results.values()]
