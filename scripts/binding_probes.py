@@ -36,6 +36,7 @@ from vlmr1.data.synthetic.rec import (
     place_one,
     render,
     scene,
+    write_jsonl,
 )
 from vlmr1.infer import answer, load_for_inference
 from vlmr1.rewards.grounding import iou
@@ -200,8 +201,7 @@ def colour_data(out: Path, n: int, seed: int, name: str) -> None:
                 "task": "rec",
             }
         )
-    (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {len(rows)} rows to {out / (name + '.jsonl')}")
+    print(f"wrote {len(rows)} rows to {write_jsonl(out / f'{name}.jsonl', rows)}")
 
 
 def main() -> None:
