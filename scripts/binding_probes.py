@@ -12,6 +12,12 @@
   python scripts/binding_probes.py colour-data OUT N [--seed 0] [--name colour]
       Writes N REC rows (OUT/NAME.jsonl, OUT/images/) of two shapes of the same kind in
       different colours, so that only the query's colour word decides.
+  python scripts/binding_probes.py naming-data OUT N [--seed 0] [--name naming] [--min 1 --max 1]
+      Writes N rows asking "Name the shapes from left to right." about scenes of MIN..MAX shapes;
+      the answer names each ("red circle, blue square"), so the model must say what it sees.
+  python scripts/binding_probes.py naming-eval MODEL ROWS [--limit 200]
+      Greedy answers to naming rows: the share of scenes named exactly, and of shapes whose
+      colour word and whose kind word are right (in order).
 
 Scenes come from vlmr1's own generator with their own seeds, away from the embedded sets'.
 """
@@ -204,6 +210,55 @@ def colour_data(out: Path, n: int, seed: int, name: str) -> None:
     print(f"wrote {len(rows)} rows to {write_jsonl(out / f'{name}.jsonl', rows)}")
 
 
+NAMING_QUESTION = "<image>Name the shapes from left to right."
+
+
+def naming_data(out: Path, n: int, seed: int, name: str, lo: int, hi: int) -> None:
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(1, n + 1):
+        rng = np.random.default_rng([seed, 7, i])
+        objects = scene(rng, int(rng.integers(lo, hi + 1)), TRAIN_PAIRS, TRAIN_PAIRS, IMAGE, 16, 40)
+        sid = f"{name}-{i:06d}"
+        render(objects, background(rng, IMAGE, "plain")).save(out / "images" / f"{sid}.png")
+        left_to_right = sorted(objects, key=lambda o: (o.box[0] + o.box[2], o.box[1]))
+        rows.append(
+            {
+                "id": sid,
+                "image": f"images/{sid}.png",
+                "conversations": [
+                    {"from": "human", "value": NAMING_QUESTION},
+                    {"from": "gpt", "value": ", ".join(f"{o.colour} {o.shape}" for o in left_to_right)},
+                ],
+                # The SFT loss ignores the method; "default" (exact answer) scores it if evaluated.
+                "accu_reward_method": "default",
+                "image_size": [IMAGE, IMAGE],
+                "task": "rec",
+            }
+        )
+    print(f"wrote {len(rows)} rows to {write_jsonl(out / f'{name}.jsonl', rows)}")
+
+
+def naming_eval(model: str, rows_path: Path, limit: int) -> None:
+    adapter = load_for_inference(model)
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()][:limit]
+    exact = colour = kind = shapes = 0
+    for r in rows:
+        truth = r["conversations"][1]["value"].split(", ")
+        got = answer(adapter, [str(rows_path.parent / r["image"])], NAMING_QUESTION, "rec", 24)
+        said = got.text.strip().split(", ")
+        exact += said == truth
+        for t, g in zip(truth, said):
+            words = g.split(" ") + ["", ""]
+            colour += words[0] == t.split(" ")[0]
+            kind += words[1] == t.split(" ")[1]
+        shapes += len(truth)
+    print(
+        f"{model}: {len(rows)} scenes named exactly {exact / len(rows):.3f}; "
+        f"of {shapes} shapes, colour word right {colour / shapes:.3f}, kind word right {kind / shapes:.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -228,13 +283,28 @@ def main() -> None:
     p.add_argument("n", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="colour")
+    p = sub.add_parser("naming-data", help="scenes whose answer names their shapes")
+    p.add_argument("out", type=Path)
+    p.add_argument("n", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="naming")
+    p.add_argument("--min", type=int, default=1, help="fewest shapes in a scene")
+    p.add_argument("--max", type=int, default=1, help="most shapes in a scene")
+    p = sub.add_parser("naming-eval", help="greedy accuracy on naming rows")
+    p.add_argument("model")
+    p.add_argument("rows", type=Path)
+    p.add_argument("--limit", type=int, default=200)
     args = parser.parse_args()
     if args.command == "swap":
         swap(args.model, args.scenes, args.query_first)
     elif args.command == "probe":
         probe(args.model, args.train, args.test)
-    else:
+    elif args.command == "colour-data":
         colour_data(args.out, args.n, args.seed, args.name)
+    elif args.command == "naming-data":
+        naming_data(args.out, args.n, args.seed, args.name, args.min, args.max)
+    else:
+        naming_eval(args.model, args.rows, args.limit)
 
 
 if __name__ == "__main__":
