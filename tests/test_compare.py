@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from vlmr1.compare import Study, build_study, collect, eval_curves, run_dir, run_study, table, train_seconds, write_outputs
-from vlmr1.config import ConfigError
+from vlmr1.config import Config, ConfigError
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -117,3 +117,15 @@ def test_default_data_is_narrow_in_training_and_broad_out_of_it(tmp_path):
     # A larger set extends the same samples rather than drawing new ones.
     more = write_default_data(tmp_path / "more", narrow_train=8)
     assert Path(more["data.train_files"]).read_text().splitlines()[:6] == [json.dumps(r) for r in train]
+
+
+def test_default_study_follows_distinct_kinds(tmp_path):
+    # data.distinct_kinds shapes the generated files; the runs then read those files, so the
+    # setting must not reach them (with explicit data.train_files it would be a config error).
+    full = build_study(tmp_path / "full", [0], ["data.distinct_kinds=false"], None, None, narrow_train=40)
+    kinds = build_study(tmp_path / "kinds", [0], [], None, None, narrow_train=40)
+    assert all(c.data.distinct_kinds == Config().data.distinct_kinds for s in (full, kinds) for c in s.configs.values())
+    # Rows name only the target (drawn first, so the same); the distractors show in the images.
+    images = [sorted((Path(s.configs["grpo"].data.train_files).parent / "images").glob("rec-train-*.png")) for s in (full, kinds)]
+    differ = sum(x.read_bytes() != y.read_bytes() for x, y in zip(*images))
+    assert len(images[0]) == 40 and differ > 5  # the full task lets a distractor share the target's kind

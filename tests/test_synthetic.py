@@ -153,6 +153,26 @@ def test_in_split_never_draws_held_out_distractor(tmp_path, monkeypatch):
     assert distractors_all & set(HELD_OUT)  # ood distractors may be any pair
 
 
+@pytest.mark.parametrize("split", ["in", "ood"])
+def test_distinct_kinds_leaves_the_target_the_only_one_of_its_kind(tmp_path, split, monkeypatch):
+    drawn, original = [], rec.scene
+
+    def recording_scene(*args, **kwargs):
+        drawn.append(original(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(rec, "scene", recording_scene)
+    rows = _rows(rec.generate_rec(tmp_path, 120, split, seed=3, min_objects=2, max_objects=4, distinct_kinds=True))
+    assert all(o.shape != objs[0].shape for objs in drawn for o in objs[1:])
+    # Scenes still fill up: with 3 kinds, 4-6 shapes are drawn from the other two kinds' pairs.
+    lo = 4 if split == "ood" else 2
+    assert min(r["n_objects"] for r in rows) >= lo and max(r["n_objects"] for r in rows) == lo + 2
+    # Without the option the same seed does put a second shape of the target's kind in many scenes.
+    drawn.clear()
+    rec.generate_rec(tmp_path / "plain", 120, split, seed=3, min_objects=2, max_objects=4)
+    assert sum(any(o.shape == objs[0].shape for o in objs[1:]) for objs in drawn) > 30
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="split"):
         generate_rec(tmp_path, 1, "test", seed=0)

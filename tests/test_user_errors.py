@@ -396,6 +396,7 @@ CASES = [
     ("unknown aggregation", config_case("algo.loss_aggregation=mean", ["algo.loss_aggregation='mean'", "expected one of"])),
     ("unknown dtype", config_case("model.dtype=float64", ["model.dtype='float64'"])),
     ("too many objects", argv_case(["train", "data.max_objects=7"], ["data.max_objects must be <= 6"])),
+    ("distinct kinds on counting", argv_case(["train", "data.synthetic=count", "data.distinct_kinds=false"], ["data.distinct_kinds applies to data.synthetic=rec, not count"])),
     ("micro batch does not divide", config_case("train.micro_batch_size=3", ["train.micro_batch_size=3 must divide"])),
     ("max_patches on a Qwen model", argv_case(["train", "model.max_patches=4", "train.output_dir={root}/run", "data.num_train=4", "data.num_eval=0"], ["model.max_patches", "InternVL"])),
     # --- YAML files
@@ -470,6 +471,7 @@ CASES = [
     ("data too many ood objects", argv_case(["data", "det", "--out", "{root}/d", "--split", "ood", "--max-objects", "7"], ["at most 6 for --split ood"])),
     ("data min above max", argv_case(["data", "rec", "--out", "{root}/d", "--min-objects", "5", "--max-objects", "2"], ["need 1 <= min <= max"])),
     ("data objects for counting", argv_case(["data", "count", "--out", "{root}/d", "--max-objects", "3"], ["apply to rec and det"])),
+    ("data distinct kinds for detection", argv_case(["data", "det", "--out", "{root}/d", "--distinct-kinds"], ["--distinct-kinds applies to rec, not det"])),
     ("compare seeds not numbers", argv_case(["compare", "--seeds", "a,b"], ["--seeds 'a,b'"])),
     ("compare narrow samples 0", argv_case(["compare", "--narrow-samples", "0"], ["--narrow-samples 0"])),
     ("export not a LoRA checkpoint", argv_case(["export", str(BASE_CHECKPOINT), "--out", "{root}/x", "--merge-lora"], ["not a LoRA checkpoint"])),

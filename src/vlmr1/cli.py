@@ -257,10 +257,14 @@ def cmd_data(argv: list[str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-objects", type=int, default=None, help="rec/det: fewest shapes per image")
     p.add_argument("--max-objects", type=int, default=None, help="rec/det: most shapes per image")
+    p.add_argument("--distinct-kinds", action="store_true",
+                   help="rec: no other shape of the target's kind in the scene (the shape word alone names it)")
     p.add_argument("--name", default=None, help="file stem (default: the split)")
     a = p.parse_args(argv)
     check_data_args(a)
     kwargs = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects)) if v is not None}
+    if a.distinct_kinds:
+        kwargs["distinct_kinds"] = True
     print(GENERATORS[a.task](Path(a.out), a.n, a.split, seed=a.seed, name=a.name, **kwargs))
 
 
@@ -272,6 +276,8 @@ def check_data_args(a) -> None:
         raise ArgumentError(f"--n {a.n}: give at least 1 sample")
     if (a.min_objects is not None or a.max_objects is not None) and a.task not in ("rec", "det"):
         raise ArgumentError(f"--min-objects/--max-objects apply to rec and det, not {a.task}")
+    if a.distinct_kinds and a.task != "rec":
+        raise ArgumentError(f"--distinct-kinds applies to rec, not {a.task}")
     lo, hi = a.min_objects or 1, a.max_objects or 4
     extra = 2 if a.split == "ood" else 0  # out-of-domain scenes hold two more shapes
     if not 1 <= lo <= hi:

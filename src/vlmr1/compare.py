@@ -6,11 +6,12 @@ the two differ only in the learning signal (answers to copy versus rewards for i
 Both evaluate every held-out split at the same steps. The table gives, per method, split and
 step, the mean and the spread (max - min) over seeds; a PNG plots the same.
 
-The default reproduces the regime of VLM-R1's claim on this CPU: the embedded base (trained to
-its plateau on broad scenes of 1-4 shapes of 16-40 px) is fine-tuned on a *narrow* set of 256
-scenes of one style (exactly two large shapes, 28-40 px) for 6 epochs, and is evaluated on the
-same style (``narrow``, in-domain), on the broad scenes it was trained on (``broad``) and on the
-out-of-domain split (unseen colour-shape pairs, more shapes, textured background, ``ood``).
+The default reproduces the regime of VLM-R1's claim on this CPU: the embedded base (docs/base-checkpoint.md)
+is fine-tuned on a *narrow* set of 256 scenes of one style (exactly two large shapes, 28-40 px) for
+6 epochs, and is evaluated on the same style (``narrow``, in-domain), on the embedded default's
+broad scenes of 2-4 shapes of 16-40 px (``broad``) and on the out-of-domain split (unseen
+colour-shape pairs, more shapes, textured background, ``ood``). Every split follows
+data.distinct_kinds, as the embedded default does.
 Real models and data: pass ``model.path=...``, ``data.train_files=...`` and ``data.eval_files=...``
 as overrides (they apply to both methods), and GRPO/SFT settings through ``--grpo``/``--sft`` YAML.
 """
@@ -53,19 +54,21 @@ class Study:
     configs: dict[str, Config]  # method -> config (output_dir and seed are set per run)
 
 
-def write_default_data(root: Path, narrow_train: int = NARROW_TRAIN) -> dict[str, str]:
+def write_default_data(root: Path, narrow_train: int = NARROW_TRAIN, distinct_kinds: bool = True) -> dict[str, str]:
     """The narrow training set and three held-out splits; returns data.* overrides.
 
     Sample i depends only on (seed, split, i), so a larger ``narrow_train`` extends the same set.
+    ``distinct_kinds``: every split follows data.distinct_kinds, as the embedded default does.
     """
     from .data.synthetic.rec import generate_rec
 
     root.mkdir(parents=True, exist_ok=True)
-    train = generate_rec(root, narrow_train, "in", seed=DATA_SEEDS["train"], name="train", **NARROW)
-    narrow = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["narrow"], name="narrow", **NARROW)
-    # Broad: the base's own training distribution (2-4 shapes, 16-40 px); ood: the embedded OOD split.
-    broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", min_objects=2, max_objects=4)
-    ood = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood"], name="ood", min_objects=2, max_objects=4)
+    dk = {"distinct_kinds": distinct_kinds}
+    train = generate_rec(root, narrow_train, "in", seed=DATA_SEEDS["train"], name="train", **NARROW, **dk)
+    narrow = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["narrow"], name="narrow", **NARROW, **dk)
+    # Broad: the embedded default's in-domain scenes (2-4 shapes, 16-40 px); ood: the embedded OOD split.
+    broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", min_objects=2, max_objects=4, **dk)
+    ood = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood"], name="ood", min_objects=2, max_objects=4, **dk)
     return {"data.train_files": str(train), "data.eval_files": ":".join(str(p) for p in (narrow, broad, ood))}
 
 
@@ -104,7 +107,9 @@ def build_study(
             raise ConfigError("compare: data.eval_files needs data.train_files (the default study generates both)")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("compare: the default study generates its data in one process; run it without a launcher")
-        data_overrides = _as_overrides(write_default_data(out / "data", narrow_train))
+        data_overrides = _as_overrides(write_default_data(out / "data", narrow_train, base.data.distinct_kinds))
+        # Spent on the generated files, which the runs then read as their own data.
+        overrides = [o for o in overrides if not o.startswith("data.distinct_kinds=")]
     # Precedence: the study's defaults, then the method's YAML, then the user's overrides.
     shared = _as_overrides(SHARED) + data_overrides
     configs = {

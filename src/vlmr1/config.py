@@ -232,6 +232,9 @@ def validate(cfg: Config) -> None:
         (1 <= cfg.data.min_objects <= cfg.data.max_objects, "data.min_objects must be in [1, data.max_objects]"),
         (cfg.data.max_objects <= 6, "data.max_objects must be <= 6: the out-of-domain split adds 2, and a 112 px scene takes about 8 shapes"),
         (4 <= cfg.data.min_size <= cfg.data.max_size <= 56, "data.min_size..max_size must lie in [4, 56] pixels"),
+        # Changed from its default on another task it would do nothing (the default is simply unused there).
+        (cfg.data.distinct_kinds == DataConfig().distinct_kinds or cfg.data.synthetic == "rec",
+         f"data.distinct_kinds applies to data.synthetic=rec, not {cfg.data.synthetic}"),
     ]
     for ok, message in checks:
         if not ok:

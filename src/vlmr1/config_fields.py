@@ -93,6 +93,10 @@ class DataConfig:
     """Embedded data only: smallest shape side in pixels (training data; held-out sets keep 16..40)."""
     max_size: int = 40
     """Embedded data only: largest shape side in pixels (training data; held-out sets keep 16..40)."""
+    distinct_kinds: bool = True
+    """Embedded REC only: no other shape of the target's kind in a scene, training and held-out sets
+    alike, so the shape word alone names the target (colour still names it too). false: the full
+    task, where a shared kind leaves only the colour word to decide (docs/embedded-default.md)."""
 
 
 @dataclass

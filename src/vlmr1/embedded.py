@@ -65,6 +65,8 @@ def _synthetic(cfg: Config, root: Path, n: int, split: str, seed: int, name: str
         kwargs = {"min_objects": d.min_objects, "max_objects": d.max_objects}
     if d.synthetic == "rec" and train:  # held-out REC sets keep the generator's 16..40 px shapes
         kwargs.update(min_size=d.min_size, max_size=d.max_size)
+    if d.synthetic == "rec" and d.distinct_kinds:
+        kwargs["distinct_kinds"] = True
     return GENERATORS[d.synthetic](root, n, split, seed=seed, name=name, **kwargs)
 
 

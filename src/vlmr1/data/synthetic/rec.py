@@ -101,11 +101,13 @@ def scene(
     max_size: int = 40,
     margin: int = 2,
     attempts: int = 200,
+    distinct_kinds: bool = False,
 ) -> list[Shape]:
     """Place `n_objects` non-overlapping shapes; element 0 is the target.
 
     The target pair comes from `target_pairs`, distractors from `distractor_pairs`
-    minus pairs already used (pairs are unique in a scene). The target always fits
+    minus pairs already used (pairs are unique in a scene), and with `distinct_kinds`
+    also minus the target's shape, so the shape word alone names it. The target always fits
     (it is placed first, in an empty image); a distractor that finds no free spot
     within `attempts` rejection-sampling tries is dropped.
     """
@@ -113,6 +115,8 @@ def scene(
     used: set[tuple[str, str]] = set()
     for k in range(n_objects):
         pool = [p for p in (target_pairs if k == 0 else distractor_pairs) if p not in used]
+        if k > 0 and distinct_kinds:
+            pool = [p for p in pool if p[1] != objects[0].shape]
         if not pool:
             break
         colour, shape = pool[int(rng.integers(len(pool)))]
@@ -208,6 +212,7 @@ def generate_rec(
     name: str | None = None,
     min_size: int = 16,
     max_size: int = 40,
+    distinct_kinds: bool = False,
 ) -> Path:
     """Write `n` REC samples to `out_dir/images/*.png` and `out_dir/{name or split}.jsonl`.
 
@@ -230,7 +235,7 @@ def generate_rec(
     for i in range(1, n + 1):
         rng = sample_rng(seed, split, i)
         n_obj = int(rng.integers(lo, hi + 1))
-        objects = scene(rng, n_obj, targets, distractors, image_size, min_size, max_size)
+        objects = scene(rng, n_obj, targets, distractors, image_size, min_size, max_size, distinct_kinds=distinct_kinds)
         img = render(objects, background(rng, image_size, bg_kind))
         sid = f"rec-{tag}-{i:06d}"
         img.save(out_dir / "images" / f"{sid}.png", format="PNG")
