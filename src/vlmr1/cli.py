@@ -257,14 +257,11 @@ def cmd_data(argv: list[str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-objects", type=int, default=None, help="rec/det: fewest shapes per image")
     p.add_argument("--max-objects", type=int, default=None, help="rec/det: most shapes per image")
-    p.add_argument("--distinct-kinds", action="store_true",
-                   help="rec: no other shape of the target's kind in the scene (the shape word alone names it)")
+    p.add_argument("--distinct-kinds", action="store_true", help="rec: the target is the only shape of its kind")
     p.add_argument("--name", default=None, help="file stem (default: the split)")
     a = p.parse_args(argv)
     check_data_args(a)
-    kwargs = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects)) if v is not None}
-    if a.distinct_kinds:
-        kwargs["distinct_kinds"] = True
+    kwargs = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects), ("distinct_kinds", a.distinct_kinds or None)) if v is not None}
     print(GENERATORS[a.task](Path(a.out), a.n, a.split, seed=a.seed, name=a.name, **kwargs))
 
 
