@@ -134,16 +134,20 @@ def test_splits_separate_held_out_pairs(tmp_path):
     assert img_ood[:, :, 0].std() > 10  # textured, not plain
 
 
-def test_in_split_never_draws_held_out_distractor(tmp_path, monkeypatch):
-    # Rows name only the target, so record every scene generate_rec draws.
-    drawn, original = [], rec.scene
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every scene generate_rec draws, in order: rows name only the target, not the distractors."""
+    scenes, original = [], rec.scene
 
     def recording_scene(*args, **kwargs):
-        objs = original(*args, **kwargs)
-        drawn.append(objs)
-        return objs
+        scenes.append(original(*args, **kwargs))
+        return scenes[-1]
 
     monkeypatch.setattr(rec, "scene", recording_scene)
+    return scenes
+
+
+def test_in_split_never_draws_held_out_distractor(tmp_path, drawn):
     rec.generate_rec(tmp_path / "in", 100, "in", seed=5)
     distractors_in = {o[:2] for objs in drawn for o in objs[1:]}
     rec.generate_rec(tmp_path / "ood", 100, "ood", seed=5)
@@ -154,14 +158,7 @@ def test_in_split_never_draws_held_out_distractor(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("split", ["in", "ood"])
-def test_distinct_kinds_leaves_the_target_the_only_one_of_its_kind(tmp_path, split, monkeypatch):
-    drawn, original = [], rec.scene
-
-    def recording_scene(*args, **kwargs):
-        drawn.append(original(*args, **kwargs))
-        return drawn[-1]
-
-    monkeypatch.setattr(rec, "scene", recording_scene)
+def test_distinct_kinds_leaves_the_target_the_only_one_of_its_kind(tmp_path, split, drawn):
     rows = _rows(rec.generate_rec(tmp_path, 120, split, seed=3, min_objects=2, max_objects=4, distinct_kinds=True))
     assert all(o.shape != objs[0].shape for objs in drawn for o in objs[1:])
     # Scenes still fill up: with 3 kinds, 4-6 shapes are drawn from the other two kinds' pairs.
