@@ -107,12 +107,17 @@ def test_default_data_is_narrow_in_training_and_broad_out_of_it(tmp_path):
 
     paths = write_default_data(tmp_path, narrow_train=6)
     train = [json.loads(line) for line in Path(paths["data.train_files"]).read_text().splitlines()]
-    narrow, broad, ood = ([json.loads(x) for x in Path(f).read_text().splitlines()] for f in paths["data.eval_files"].split(":"))
-    assert len(train) == 6 and len(narrow) == len(broad) == len(ood) == NARROW_EVAL
+    files = paths["data.eval_files"].split(":")
+    assert [Path(f).stem for f in files] == ["narrow", "broad", "ood_pairs", "ood"]
+    narrow, broad, pairs, ood = ([json.loads(x) for x in Path(f).read_text().splitlines()] for f in files)
+    assert len(train) == 6 and len(narrow) == len(broad) == len(pairs) == len(ood) == NARROW_EVAL
     for row in train + narrow:  # the narrow style: two shapes, each 28..40 px wide
         x1, _, x2, _ = json.loads(row["conversations"][1]["value"])
         assert row["n_objects"] == 2 and 28 <= x2 - x1 <= 40
-    assert {r["n_objects"] for r in broad} == {2, 3, 4}
+    assert {r["n_objects"] for r in broad} == {r["n_objects"] for r in pairs} == {2, 3, 4}
+    # ood_pairs: broad's scenes around colour-shape pairs that no training or broad row asks for.
+    query = lambda r: r["conversations"][0]["value"].rsplit("the ", 1)[1]  # noqa: E731
+    assert not {query(r) for r in pairs} & {query(r) for r in train + narrow + broad}
     assert min(r["n_objects"] for r in ood) >= 4  # out of domain: two more shapes than in domain
     # A larger set extends the same samples rather than drawing new ones.
     more = write_default_data(tmp_path / "more", narrow_train=8)

@@ -134,6 +134,21 @@ def test_splits_separate_held_out_pairs(tmp_path):
     assert img_ood[:, :, 0].std() > 10  # textured, not plain
 
 
+def test_pairs_shift_changes_only_the_target_pair(tmp_path):
+    rows = _rows(generate_rec(tmp_path, 150, "ood", seed=1, min_objects=2, max_objects=4, ood_shift="pairs"))
+    assert all(_target(r) in HELD_OUT for r in rows)
+    # In-domain object counts (no +2) and the plain ramp, whose blue channel is 200 everywhere
+    # (the texture would move it by up to 65).
+    assert min(r["n_objects"] for r in rows) == 2 and max(r["n_objects"] for r in rows) == 4
+    img = np.asarray(Image.open(tmp_path / rows[0]["image"]).convert("RGB")).astype(int)
+    bg = np.ones(img.shape[:2], bool)
+    for colour in COLOURS:
+        bg &= ~_colour_mask(img, colour)
+    assert (img[:, :, 2][bg] == 200).all()
+    with pytest.raises(ValueError, match="ood_shift"):
+        generate_rec(tmp_path, 1, "in", seed=0, ood_shift="pairs")
+
+
 @pytest.fixture
 def drawn(monkeypatch):
     """Every scene generate_rec draws, in order: rows name only the target, not the distractors."""

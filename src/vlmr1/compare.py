@@ -33,7 +33,7 @@ METHODS = ("sft", "grpo")
 # The narrow fine-tuning style and the held-out splits of the default study.
 NARROW = {"min_objects": 2, "max_objects": 2, "min_size": 28, "max_size": 40}
 NARROW_TRAIN, NARROW_EVAL = 256, 500
-DATA_SEEDS = {"train": 11, "narrow": 12, "broad": 1_000_003, "ood": 2_000_003}
+DATA_SEEDS = {"train": 11, "narrow": 12, "broad": 1_000_003, "pairs": 2_000_005, "ood": 2_000_003}
 
 # Shared by both methods unless overridden: 16 samples per step for 96 steps = 6 epochs of 256.
 # Everything else is the Config default, so GRPO's reward and sampling are the embedded
@@ -66,10 +66,14 @@ def write_default_data(root: Path, narrow_train: int = NARROW_TRAIN, distinct_ki
     dk = {"distinct_kinds": distinct_kinds}
     train = generate_rec(root, narrow_train, "in", seed=DATA_SEEDS["train"], name="train", **NARROW, **dk)
     narrow = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["narrow"], name="narrow", **NARROW, **dk)
-    # Broad: the embedded default's in-domain scenes (2-4 shapes, 16-40 px); ood: the embedded OOD split.
-    broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", min_objects=2, max_objects=4, **dk)
-    ood = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood"], name="ood", min_objects=2, max_objects=4, **dk)
-    return {"data.train_files": str(train), "data.eval_files": ":".join(str(p) for p in (narrow, broad, ood))}
+    # Broad: the embedded default's in-domain scenes (2-4 shapes, 16-40 px); ood_pairs: the same
+    # scenes around held-out colour-shape pairs; ood: the embedded OOD split (held-out pairs, two
+    # more shapes, textured background), where the base itself is near the floor.
+    scenes = {"min_objects": 2, "max_objects": 4, **dk}
+    broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", **scenes)
+    pairs = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["pairs"], name="ood_pairs", ood_shift="pairs", **scenes)
+    ood = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood"], name="ood", **scenes)
+    return {"data.train_files": str(train), "data.eval_files": ":".join(str(p) for p in (narrow, broad, pairs, ood))}
 
 
 def _as_overrides(d: dict) -> list[str]:

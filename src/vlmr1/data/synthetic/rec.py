@@ -12,7 +12,9 @@ Splits:
   model trained on ``in`` has never seen them.
 - ``ood``: the target is always a HELD_OUT pair (distractors may be any pair),
   scenes hold two more objects (``min_objects+2 .. max_objects+2``) and the
-  ramp is overlaid with blocky grey texture and pixel noise.
+  ramp is overlaid with blocky grey texture and pixel noise. With ``ood_shift="pairs"`` only the
+  first of these changes: held-out targets in otherwise in-domain scenes (same object counts,
+  plain ramp), which tests composition alone.
 
 Why a ramp: Qwen2.5-VL's vision tower has no absolute position embedding, only
 rotary (relative) positions, so a 3M-parameter model has almost no way to tell
@@ -213,6 +215,7 @@ def generate_rec(
     min_size: int = 16,
     max_size: int = 40,
     distinct_kinds: bool = False,
+    ood_shift: Literal["all", "pairs"] = "all",
 ) -> Path:
     """Write `n` REC samples to `out_dir/images/*.png` and `out_dir/{name or split}.jsonl`.
 
@@ -221,6 +224,8 @@ def generate_rec(
     several named sets can share one `out_dir`. Returns the JSONL path.
     """
     check_split(split)
+    if ood_shift not in ("all", "pairs") or (ood_shift == "pairs" and split != "ood"):
+        raise ValueError(f"ood_shift must be 'all' or 'pairs', and 'pairs' needs split='ood'; got {ood_shift=}, {split=}")
     if n < 1 or not 1 <= min_objects <= max_objects:
         raise ValueError(f"need n >= 1 and 1 <= min_objects <= max_objects, got {n=}, {min_objects=}, {max_objects=}")
     if not 1 <= min_size <= max_size <= image_size:
@@ -229,6 +234,8 @@ def generate_rec(
     out_dir = output_dir(out_dir)
     if split == "in":
         targets, distractors, lo, hi, bg_kind = TRAIN_PAIRS, TRAIN_PAIRS, min_objects, max_objects, "plain"
+    elif ood_shift == "pairs":
+        targets, distractors, lo, hi, bg_kind = HELD_OUT, ALL_PAIRS, min_objects, max_objects, "plain"
     else:
         targets, distractors, lo, hi, bg_kind = HELD_OUT, ALL_PAIRS, min_objects + 2, max_objects + 2, "noise"
     rows = []
