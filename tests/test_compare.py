@@ -115,9 +115,12 @@ def test_default_data_is_narrow_in_training_and_broad_out_of_it(tmp_path):
         x1, _, x2, _ = json.loads(row["conversations"][1]["value"])
         assert row["n_objects"] == 2 and 28 <= x2 - x1 <= 40
     assert {r["n_objects"] for r in broad} == {r["n_objects"] for r in pairs} == {2, 3, 4}
-    # ood_pairs: broad's scenes around colour-shape pairs that no training or broad row asks for.
+    # ood_pairs: broad's scenes around colour-shape pairs that no training or broad row asks for,
+    # and sample by sample the same query and box as ood, whose scenes add clutter and texture.
     query = lambda r: r["conversations"][0]["value"].rsplit("the ", 1)[1]  # noqa: E731
     assert not {query(r) for r in pairs} & {query(r) for r in train + narrow + broad}
+    assert [r["conversations"][1:] + [query(r)] for r in pairs] == [r["conversations"][1:] + [query(r)] for r in ood]
+    assert all(p["n_objects"] < o["n_objects"] for p, o in zip(pairs, ood))
     assert min(r["n_objects"] for r in ood) >= 4  # out of domain: two more shapes than in domain
     # A larger set extends the same samples rather than drawing new ones.
     more = write_default_data(tmp_path / "more", narrow_train=8)

@@ -48,6 +48,7 @@ def test_grpo_first_two_steps(tiny_dir, tmp_path):
     reward.write_text(LENGTH_REWARD)
     out = tmp_path / "grpo"
     extra = ["rollout.group_size=4", "rollout.max_completion_length=8", "train.micro_batch_size=4",
+             "rollout.temperature=0.7",  # the sampling temperature these numbers were recorded at
              f"reward.funcs=[{reward}:length_reward]", "reward.weights=null"]  # beta 0.04, k3, grpo aggregation
     train(load_config(None, common(tiny_dir, out) + extra))
     step1, step2 = run_rows(out)

@@ -9,8 +9,9 @@ step, the mean and the spread (max - min) over seeds; a PNG plots the same.
 The default reproduces the regime of VLM-R1's claim on this CPU: the embedded base (docs/base-checkpoint.md)
 is fine-tuned on a *narrow* set of 256 scenes of one style (exactly two large shapes, 28-40 px) for
 6 epochs, and is evaluated on the same style (``narrow``, in-domain), on the embedded default's
-broad scenes of 2-4 shapes of 16-40 px (``broad``) and on the out-of-domain split (unseen
-colour-shape pairs, more shapes, textured background, ``ood``). Every split follows
+broad scenes of 2-4 shapes of 16-40 px (``broad``), on those scenes around unseen colour-shape
+pairs (``ood_pairs``) and on the out-of-domain split (the same unseen pairs, more shapes, textured
+background, ``ood``). Every split follows
 data.distinct_kinds, as the embedded default does.
 Real models and data: pass ``model.path=...``, ``data.train_files=...`` and ``data.eval_files=...``
 as overrides (they apply to both methods), and GRPO/SFT settings through ``--grpo``/``--sft`` YAML.
@@ -33,7 +34,7 @@ METHODS = ("sft", "grpo")
 # The narrow fine-tuning style and the held-out splits of the default study.
 NARROW = {"min_objects": 2, "max_objects": 2, "min_size": 28, "max_size": 40}
 NARROW_TRAIN, NARROW_EVAL = 256, 500
-DATA_SEEDS = {"train": 11, "narrow": 12, "broad": 1_000_003, "pairs": 2_000_005, "ood": 2_000_003}
+DATA_SEEDS = {"train": 11, "narrow": 12, "broad": 1_000_003, "ood_pairs": 2_000_003, "ood": 2_000_003}
 
 # Shared by both methods unless overridden: 16 samples per step for 96 steps = 6 epochs of 256.
 # Everything else is the Config default, so GRPO's reward and sampling are the embedded
@@ -66,12 +67,13 @@ def write_default_data(root: Path, narrow_train: int = NARROW_TRAIN, distinct_ki
     dk = {"distinct_kinds": distinct_kinds}
     train = generate_rec(root, narrow_train, "in", seed=DATA_SEEDS["train"], name="train", **NARROW, **dk)
     narrow = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["narrow"], name="narrow", **NARROW, **dk)
-    # Broad: the embedded default's in-domain scenes (2-4 shapes, 16-40 px); ood_pairs: the same
-    # scenes around held-out colour-shape pairs; ood: the embedded OOD split (held-out pairs, two
-    # more shapes, textured background), where the base itself is near the floor.
+    # Broad: the embedded default's in-domain scenes (2-4 shapes, 16-40 px); ood: the embedded OOD
+    # split (held-out colour-shape pairs, two more shapes, textured background), where the base
+    # itself is near the floor; ood_pairs: ood's own targets (same seed, so sample i asks for the
+    # same pair at the same box) in broad's scenes, which separates composition from clutter.
     scenes = {"min_objects": 2, "max_objects": 4, **dk}
     broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", **scenes)
-    pairs = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["pairs"], name="ood_pairs", ood_shift="pairs", **scenes)
+    pairs = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood_pairs"], name="ood_pairs", ood_shift="pairs", **scenes)
     ood = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood"], name="ood", **scenes)
     return {"data.train_files": str(train), "data.eval_files": ":".join(str(p) for p in (narrow, broad, pairs, ood))}
 

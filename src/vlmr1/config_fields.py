@@ -105,8 +105,9 @@ class RolloutConfig:
     """G: completions sampled per prompt."""
     max_completion_length: int = 24
     """Most new tokens per completion."""
-    temperature: float = 0.7
-    """Sampling temperature (also applied to the log-probs, so ratios refer to the sampling policy)."""
+    temperature: float = 1.0
+    """Sampling temperature (also applied to the log-probs, so ratios refer to the sampling policy).
+    1.0, as TRL and VLM-R1 use: on the embedded default it gained more than 0.7 (docs/embedded-default.md)."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
     top_k: int = 0
@@ -202,7 +203,7 @@ class TrainConfig:
     """Seeds data order, sampling and initialisation."""
     steps: int = 220
     """GRPO: rollout steps (each followed by algo.num_iterations optimizer updates); SFT: batches."""
-    prompts_per_step: int = 16
+    prompts_per_step: int = 32
     """Prompts per rollout per process (GRPO); samples per batch per process (SFT)."""
     micro_batch_size: int = 64
     """Sequences per forward/backward (gradient accumulation over the rest)."""
