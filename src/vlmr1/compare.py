@@ -70,7 +70,8 @@ def write_default_data(root: Path, narrow_train: int = NARROW_TRAIN, distinct_ki
     # Broad: the embedded default's in-domain scenes (2-4 shapes, 16-40 px); ood: the embedded OOD
     # split (held-out colour-shape pairs, two more shapes, textured background), where the base
     # itself is near the floor; ood_pairs: ood's own targets (same seed, so sample i asks for the
-    # same pair at the same box) in broad's scenes, which separates composition from clutter.
+    # same pair at the same box) with broad's object counts on the plain ramp, which separates
+    # composition from clutter.
     scenes = {"min_objects": 2, "max_objects": 4, **dk}
     broad = generate_rec(root, NARROW_EVAL, "in", seed=DATA_SEEDS["broad"], name="broad", **scenes)
     pairs = generate_rec(root, NARROW_EVAL, "ood", seed=DATA_SEEDS["ood_pairs"], name="ood_pairs", ood_shift="pairs", **scenes)

@@ -13,8 +13,8 @@ Splits:
 - ``ood``: the target is always a HELD_OUT pair (distractors may be any pair),
   scenes hold two more objects (``min_objects+2 .. max_objects+2``) and the
   ramp is overlaid with blocky grey texture and pixel noise. With ``ood_shift="pairs"`` only the
-  first of these changes: held-out targets in otherwise in-domain scenes (same object counts,
-  plain ramp), which tests composition alone.
+  first of these changes: held-out targets with in-domain object counts on the plain ramp
+  (distractors may still be any pair), which tests composition alone.
 
 Why a ramp: Qwen2.5-VL's vision tower has no absolute position embedding, only
 rotary (relative) positions, so a 3M-parameter model has almost no way to tell
