@@ -37,6 +37,18 @@ def test_train_seconds_sums_stage_timers(tmp_path):
     assert train_seconds(tmp_path / "grpo-seed0" / "metrics.jsonl") == pytest.approx(6.0)
 
 
+def test_train_seconds_counts_nested_stages_once(tmp_path):
+    # The trainers' time/step holds every stage of the step, evaluation included; time/save is
+    # the checkpoint write outside it. Step 1: 3 s, 1 of it eval, then a 0.5 s save -> 2.5;
+    # step 2: 2 s, no eval -> 2. Summing every time/* key would give 3+1+1+1+0.5+2+1+1 = 10.5.
+    rows = [
+        {"step": 1, "time/gen": 1.0, "time/update": 1.0, "time/eval": 1.0, "time/step": 3.0, "time/save": 0.5},
+        {"step": 2, "time/gen": 1.0, "time/update": 1.0, "time/step": 2.0},
+    ]
+    write_metrics(tmp_path / "m.jsonl", rows)
+    assert train_seconds(tmp_path / "m.jsonl") == pytest.approx(4.5)
+
+
 def test_collect_gives_mean_and_spread_over_seeds(tmp_path):
     fake_run(tmp_path, "sft", 0, [0.5, 0.4, 0.3], [1.0] * 4)
     fake_run(tmp_path, "sft", 1, [0.5, 0.6, 0.5], [2.0] * 4)
@@ -137,3 +149,20 @@ def test_default_study_follows_distinct_kinds(tmp_path):
     images = [sorted((Path(s.configs["grpo"].data.train_files).parent / "images").glob("rec-train-*.png")) for s in (full, kinds)]
     differ = sum(x.read_bytes() != y.read_bytes() for x, y in zip(*images))
     assert len(images[0]) == 40 and differ > 5  # the full task lets a distractor share the target's kind
+
+
+def test_default_study_scales_grpo_advantages_by_the_batch_std(tmp_path):
+    # The base already solves most narrow prompts, so a group's rewards differ only by small IoU
+    # gaps; the group's own std would blow those up to unit advantages. Only the default study
+    # sets batch scaling: a study on the user's data keeps GRPO's Config default, and a --grpo
+    # YAML or an override still wins.
+    default = build_study(tmp_path / "d", [0], [], None, None, narrow_train=4)
+    assert default.configs["grpo"].algo.advantage_scale == "batch"
+    data = ["data.train_files=a.jsonl", "data.eval_files=b.jsonl"]
+    own = build_study(tmp_path / "own", [0], data, None, None)
+    assert own.configs["grpo"].algo.advantage_scale == Config().algo.advantage_scale == "group"
+    grpo = tmp_path / "grpo.yaml"
+    grpo.write_text("algo:\n  advantage_scale: none\n")
+    assert build_study(tmp_path / "y", [0], [], str(grpo), None, narrow_train=4).configs["grpo"].algo.advantage_scale == "none"
+    over = build_study(tmp_path / "o", [0], ["algo.advantage_scale=group"], None, None, narrow_train=4)
+    assert over.configs["grpo"].algo.advantage_scale == "group"
